@@ -1,0 +1,244 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fineweb
+import train_gpt2
+from train_gpt2 import DataLoader, TrainConfig, TrainError, get_lr, make_plan
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Real text, offline: shards of the Python standard library's sources."""
+    out = tmp_path_factory.mktemp("data") / "pystdlib"
+    assert fineweb.main(["--dataset", "pystdlib", "--max-tokens", "150000", "--val-tokens", "15000",
+                         "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+def tiny_args(data_dir, log_dir, *extra):
+    """A run of a few seconds: the tiny model on 128 tokens per micro-step."""
+    return ["--preset", "smoke", "--data", str(data_dir), "--log-dir", str(log_dir), "--device", "cpu",
+            "--micro-batch", "4", "--seq-len", "32", "--total-batch", "256", "--max-steps", "12",
+            "--warmup-steps", "2", "--eval-every", "6", "--save-every", "6", "--val-steps", "2",
+            "--no-hellaswag", "--sample-tokens", "4", "--log-every", "1", *extra]
+
+
+def train_losses(log_dir) -> dict[int, float]:
+    records = train_gpt2.read_metrics(log_dir / "metrics.jsonl")
+    return {r["step"]: r["train_loss"] for r in records if r["type"] == "train"}
+
+
+# -----------------------------------------------------------------------------
+# Configuration and schedule
+
+
+def test_lr_schedule_warmup_and_cosine():
+    cfg = TrainConfig()  # the gpt2 recipe: 715 warm-up steps of 19,073
+    assert get_lr(0, cfg) == pytest.approx(6e-4 / 715)
+    assert get_lr(714, cfg) == pytest.approx(6e-4)  # end of warm-up
+    assert get_lr(715, cfg) == pytest.approx(6e-4)  # the cosine starts at its top
+    assert get_lr(19_072, cfg) == pytest.approx(6e-5)  # the last step reaches min_lr
+    middle = (715 + 19_072) // 2
+    assert get_lr(middle, cfg) == pytest.approx((6e-4 + 6e-5) / 2, rel=1e-3)
+    lrs = [get_lr(s, cfg) for s in range(715, 19_073)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_presets_and_flags():
+    cfg = train_gpt2.parse_config([])
+    assert (cfg.total_batch, cfg.micro_batch, cfg.seq_len, cfg.max_steps, cfg.warmup_steps) == (524_288, 64, 1024, 19_073, 715)
+    assert (cfg.max_lr, cfg.min_lr, cfg.weight_decay, cfg.grad_clip, cfg.seed) == (6e-4, 6e-5, 0.1, 1.0, 1337)
+    assert (cfg.beta1, cfg.beta2, cfg.eps) == (0.9, 0.95, 1e-8)
+    assert make_plan(cfg, world_size=8, block_size=1024).grad_accum_steps == 1
+    assert make_plan(cfg, world_size=1, block_size=1024).grad_accum_steps == 8
+    smoke = train_gpt2.parse_config(["--preset", "smoke", "--max-steps", "7", "--no-compile"])
+    assert smoke.model == "tiny" and smoke.max_steps == 7 and smoke.compile is False
+
+
+def test_batch_that_does_not_divide_names_the_flags():
+    cfg = TrainConfig(total_batch=524_288, micro_batch=48)
+    with pytest.raises(TrainError, match="--total-batch 524288 is not a multiple of --micro-batch 48 x --seq-len 1024"):
+        make_plan(cfg, world_size=1, block_size=1024)
+
+
+# -----------------------------------------------------------------------------
+# Data loader
+
+
+def test_loader_ranks_are_disjoint_and_cover_every_window_once(data_dir):
+    def windows(loader, n):
+        return [tuple(map(tuple, loader.next_batch()[0].tolist())) for _ in range(n)]
+
+    single = DataLoader(data_dir, "train", 8, 64, 0, 1, seed=5, shuffle=True)
+    per_epoch = single.total_windows // 8
+    seen = [row for batch in windows(single, per_epoch) for row in batch]
+    assert len(set(seen)) == len(seen) == per_epoch * 8  # no window twice in an epoch
+    ranks = [DataLoader(data_dir, "train", 4, 64, r, 2, seed=5, shuffle=True) for r in range(2)]
+    r0, r1 = windows(ranks[0], 10), windows(ranks[1], 10)
+    assert not set(sum(r0, ())) & set(sum(r1, ()))
+    # Two ranks of 4 read exactly what one process of 8 reads, in order.
+    assert [a + b for a, b in zip(r0, r1)] == [tuple(row for row in batch) for batch in windows(
+        DataLoader(data_dir, "train", 8, 64, 0, 1, seed=5, shuffle=True), 10)]
+    # The order is shuffled (not the file order) and differs between epochs.
+    ordered = DataLoader(data_dir, "train", 8, 64, 0, 1, seed=5, shuffle=False)
+    assert windows(ordered, 1) != windows(DataLoader(data_dir, "train", 8, 64, 0, 1, seed=5, shuffle=True), 1)
+    assert single.epoch == 0
+    next_epoch = windows(single, 1)
+    assert single.epoch == 1 and next_epoch[0] != seen[:8]
+
+
+def test_loader_state_dict_resumes_exactly(data_dir):
+    a = DataLoader(data_dir, "train", 4, 32, 0, 1, seed=1, shuffle=True)
+    for _ in range(7):
+        a.next_batch()
+    b = DataLoader(data_dir, "train", 4, 32, 0, 1, seed=1, shuffle=True)
+    b.load_state_dict(a.state_dict())
+    for _ in range(5):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+    c = DataLoader(data_dir, "train", 4, 64, 0, 1, seed=1, shuffle=True)
+    with pytest.raises(TrainError, match="resume with the same data, --seq-len and --seed"):
+        c.load_state_dict(a.state_dict())
+
+
+def test_targets_are_inputs_shifted(data_dir):
+    x, y = DataLoader(data_dir, "val", 2, 16, 0, 1, seed=0, shuffle=False).next_batch()
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    first = fineweb.load_shard(fineweb.list_shards(data_dir, "val")[0])
+    assert x[0].tolist() == first[:16].tolist()
+
+
+def test_missing_data_prints_the_fineweb_command(tmp_path, capsys):
+    assert train_gpt2.main(tiny_args(tmp_path / "nothing", tmp_path / "log")) == 2
+    assert "python fineweb.py" in capsys.readouterr().err
+
+
+def test_split_shorter_than_one_batch(data_dir, tmp_path, capsys):
+    assert train_gpt2.main(tiny_args(data_dir, tmp_path / "log", "--micro-batch", "512", "--total-batch", "16384")) == 2
+    assert "is shorter than one batch" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# Training runs
+
+
+def test_smoke_run_learns_logs_and_checkpoints(data_dir, tmp_path):
+    log_dir = tmp_path / "log"
+    args = tiny_args(data_dir, log_dir, "--max-steps", "30", "--eval-every", "15", "--save-every", "10", "--keep-last", "2")
+    assert train_gpt2.main(args) == 0
+    records = train_gpt2.read_metrics(log_dir / "metrics.jsonl")
+    assert records[0]["type"] == "header" and records[0]["config"]["max_steps"] == 30
+    assert {"git_commit", "torch", "device", "model_config"} <= set(records[0])
+    train = [r for r in records if r["type"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    assert {"step", "train_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu"} <= set(train[0])
+    first, last = train[0]["train_loss"], np.mean([r["train_loss"] for r in train[-5:]])
+    assert abs(first - math.log(50257)) < 0.5 and last < first - 2.0
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 2.0
+    samples = [r for r in records if r["type"] == "sample"]
+    assert samples and all(s["text"].startswith("Hello, I'm a language model,") for s in samples)
+    assert (log_dir / "loss.png").stat().st_size > 10_000
+    # keep_last 2: steps 20 and 30 remain; each holds everything a resume needs.
+    assert [p.name for p in train_gpt2.list_checkpoints(log_dir)] == ["ckpt_000020.pt", "ckpt_000030.pt"]
+    ckpt = torch.load(log_dir / "ckpt_000030.pt", weights_only=True)
+    assert ckpt["step"] == 30 and ckpt["tokens_seen"] == 30 * 256
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    assert {"python", "numpy", "torch"} <= set(ckpt["rng"][0])
+
+
+def test_resume_is_exact(data_dir, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert train_gpt2.main(tiny_args(data_dir, full)) == 0
+    assert train_gpt2.main(tiny_args(data_dir, split, "--stop-at-step", "5")) == 0
+    assert train_gpt2.latest_checkpoint(split).name == "ckpt_000005.pt"
+    assert train_gpt2.main(tiny_args(data_dir, split, "--resume", "auto")) == 0
+    expected, resumed = train_losses(full), train_losses(split)
+    assert sorted(resumed) == list(range(1, 13))
+    assert max(abs(expected[s] - resumed[s]) for s in expected) <= 1e-6
+    # The log was appended to, not wiped: two launches, two headers.
+    headers = [r for r in train_gpt2.read_metrics(split / "metrics.jsonl") if r["type"] == "header"]
+    assert [h["start_step"] for h in headers] == [0, 5]
+
+
+def test_fresh_run_refuses_a_log_dir_with_checkpoints(data_dir, tmp_path, capsys):
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "1")) == 0
+    before = (log_dir / "ckpt_000001.pt").read_bytes()
+    assert train_gpt2.main(tiny_args(data_dir, log_dir)) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert (log_dir / "ckpt_000001.pt").read_bytes() == before
+
+
+def test_resume_with_another_model_config_is_refused(data_dir, tmp_path, capsys):
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "1")) == 0
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto", "--no-pad-vocab")) == 2
+    assert "pass the flags it was trained with" in capsys.readouterr().err
+
+
+def test_interrupted_save_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "6")) == 0
+    good = (log_dir / "ckpt_000006.pt").read_bytes()
+    real_save = torch.save
+
+    def crash_midway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as fh:
+            fh.truncate(1000)  # half a file on disk, then the machine dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto"))
+    monkeypatch.undo()
+    assert [p.name for p in train_gpt2.list_checkpoints(log_dir)] == ["ckpt_000006.pt"]
+    assert (log_dir / "ckpt_000006.pt").read_bytes() == good
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto")) == 0  # and it still resumes
+
+
+def test_non_finite_loss_stops_without_saving(data_dir, tmp_path, monkeypatch, capsys):
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "6")) == 0
+    real_forward = train_gpt2.GPT.forward
+    calls = {"n": 0}
+
+    def nan_after_a_while(self, idx, targets=None, cache=None):
+        logits, loss = real_forward(self, idx, targets, cache)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] > 4:  # the third step of the resumed run (2 micro-steps each)
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(train_gpt2.GPT, "forward", nan_after_a_while)
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto")) == 2
+    assert "step 9: the loss is nan" in capsys.readouterr().err
+    assert [p.name for p in train_gpt2.list_checkpoints(log_dir)] == ["ckpt_000006.pt"]
+
+
+def test_ddp_two_processes_match_one_with_accumulation(data_dir, tmp_path):
+    """torchrun with 2 gloo processes, micro-batch 4 each, equals 1 process accumulating 2 micro-batches."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    common = ["--max-steps", "6", "--eval-every", "6", "--save-every", "6"]
+    assert train_gpt2.main(tiny_args(data_dir, single, *common)) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO_ROOT, "train_gpt2.py"), *tiny_args(data_dir, ddp, *common)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = train_gpt2.read_metrics(ddp / "metrics.jsonl")[0]
+    assert header["world_size"] == 2 and header["grad_accum_steps"] == 1
+    expected, got = train_losses(single), train_losses(ddp)
+    assert sorted(got) == list(range(1, 7))
+    assert max(abs(expected[s] - got[s]) for s in expected) <= 1e-5

@@ -1,0 +1,773 @@
+"""Train GPT-2 on fineweb.py's token shards, on one device or many (DDP under torchrun).
+
+    python train_gpt2.py                                          # one GPU (or mps, or CPU)
+    torchrun --standalone --nproc_per_node=8 train_gpt2.py        # 8 GPUs: GPT-2 124M on 10B tokens
+    python fineweb.py --dataset pystdlib --max-tokens 2000000 && python train_gpt2.py --preset smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import hellaswag
+from fineweb import ShardError, list_shards, load_shard
+from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
+
+# -----------------------------------------------------------------------------
+# Devices and distributed plumbing, shared by every script that runs a model.
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """The device a flag names, or the best available one: cuda, then mps, then cpu."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise SystemExit(f"--device {name!r} is not a device torch knows ({e}); use cpu, cuda, cuda:N or mps") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise SystemExit(f"--device {name}: MPS is not available here; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_context(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device_name: str | None = None) -> tuple[Distributed, torch.device]:
+    """Join the process group when launched by torchrun (RANK set); else a single process.
+
+    nccl on CUDA, gloo on CPU. Each rank takes the GPU of its local rank.
+    """
+    if "RANK" not in os.environ:
+        return Distributed(), resolve_device(device_name)
+    dist_info = Distributed(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device)
+    elif device.type == "cpu":
+        dist.init_process_group(backend="gloo")
+    else:
+        raise SystemExit(f"distributed training on {device.type} is not supported; use CUDA GPUs or --device cpu")
+    return dist_info, device
+
+
+def cleanup_distributed():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (a no-op in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+# -----------------------------------------------------------------------------
+# Checkpoint files: {log_dir}/ckpt_{step:06d}.pt, each complete (written to a temporary name,
+# then renamed), so any file matching the pattern can be resumed from.
+
+CHECKPOINT_PATTERN = "ckpt_[0-9][0-9][0-9][0-9][0-9][0-9].pt"
+
+
+def list_checkpoints(log_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in log_dir, oldest first."""
+    return sorted(Path(log_dir).glob(CHECKPOINT_PATTERN))
+
+
+def latest_checkpoint(log_dir: str | os.PathLike) -> Path | None:
+    checkpoints = list_checkpoints(log_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+class TrainError(Exception):
+    """A problem the user can fix (bad flags, missing data, incompatible checkpoint): printed, no traceback."""
+
+
+# -----------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class TrainConfig:
+    # The defaults are the "gpt2" preset: GPT-2 124M on 10B tokens of FineWeb-Edu (build-nanogpt's recipe).
+    model: str = "gpt2"  # a model.py preset
+    data: str = "data/edu_fineweb10B"
+    log_dir: str = "log/gpt2-124m"
+    total_batch: int = 524_288  # tokens per optimizer step, 2**19, about 0.5M as in GPT-3 Small
+    micro_batch: int = 64  # sequences per forward pass on each rank
+    seq_len: int = 1024
+    max_steps: int = 19_073  # 10B tokens / 524,288 tokens per step
+    stop_at_step: int | None = None  # end this launch after that step (with a checkpoint) without changing the schedule
+    max_lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 715
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    pad_vocab: bool = True  # pad the embedding to 50304 rows, a multiple of 64, for faster matmuls
+    seed: int = 1337
+    eval_every: int = 250
+    val_steps: int = 20  # validation micro-batches per rank at each evaluation
+    hellaswag: bool = True
+    hellaswag_data: str | None = None  # default: hellaswag.py's download cache
+    hellaswag_limit: int | None = None  # evaluate only the first N examples
+    num_samples: int = 4  # text samples per evaluation
+    sample_tokens: int = 32
+    sample_prompt: str = "Hello, I'm a language model,"
+    save_every: int = 5000
+    keep_last: int = 3  # checkpoints kept in the log dir; older ones are deleted after a successful save
+    resume: str = "none"  # "auto" (newest checkpoint in log_dir, if any), "none", or a checkpoint path
+    device: str | None = None  # auto: cuda, then mps, then cpu
+    compile: bool | None = None  # default: on for CUDA
+    log_every: int = 1  # console lines every N steps; metrics.jsonl gets every step
+
+
+PRESETS = {
+    "gpt2": {},
+    # A tiny model on the Python standard library's sources (fineweb.py --dataset pystdlib): about two
+    # minutes on 2 CPU cores, with evaluation, sampling and checkpoints, to check a setup end to end.
+    "smoke": dict(
+        model="tiny",
+        data="data/pystdlib",
+        log_dir="log/smoke",
+        total_batch=4096,
+        micro_batch=16,
+        seq_len=128,
+        max_steps=200,
+        max_lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=20,
+        eval_every=50,
+        val_steps=4,
+        hellaswag_limit=200,
+        save_every=100,
+        sample_tokens=24,
+        num_samples=2,
+        log_every=10,
+    ),
+}
+
+# Help for every flag; argparse is built from the dataclass so the two cannot drift apart.
+FLAG_HELP = {
+    "model": "model.py preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny",
+    "data": "folder of fineweb.py shards",
+    "log_dir": "where metrics.jsonl, loss.png and checkpoints go",
+    "total_batch": "tokens per optimizer step, summed over ranks and gradient-accumulation steps",
+    "micro_batch": "sequences per forward pass on each rank",
+    "seq_len": "tokens per sequence (at most the model's block_size)",
+    "max_steps": "optimizer steps in the run; the learning-rate schedule ends there",
+    "stop_at_step": "save and exit after this many steps without changing the schedule (continue with --resume auto)",
+    "max_lr": "peak learning rate, reached at the end of warm-up",
+    "min_lr": "learning rate at the last step, the floor of the cosine decay",
+    "warmup_steps": "steps of linear warm-up from max_lr/warmup_steps to max_lr",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "eps": "AdamW epsilon",
+    "weight_decay": "AdamW weight decay, applied to matrices and embeddings only",
+    "grad_clip": "clip the global gradient norm to this value (0 disables)",
+    "pad_vocab": "pad the embedding table to a multiple of 64 rows (never sampled or scored)",
+    "seed": "seed for initialisation, data order and samples",
+    "eval_every": "evaluate validation loss, HellaSwag and samples every N steps (and at the end)",
+    "val_steps": "validation micro-batches per rank at each evaluation",
+    "hellaswag": "evaluate HellaSwag at each evaluation",
+    "hellaswag_data": "HellaSwag validation .jsonl (default: hellaswag.py's download cache)",
+    "hellaswag_limit": "evaluate only the first N HellaSwag examples",
+    "num_samples": "text samples generated at each evaluation",
+    "sample_tokens": "new tokens per text sample",
+    "sample_prompt": "prompt of the text samples",
+    "save_every": "write a checkpoint every N steps (and at the end)",
+    "keep_last": "checkpoints to keep in the log dir",
+    "resume": "'auto' (newest checkpoint in --log-dir if there is one), 'none', or a checkpoint path",
+    "device": "cuda, cuda:N, mps or cpu (default: the best available)",
+    "compile": "torch.compile the model (default: on for CUDA)",
+    "log_every": "print a console line every N steps",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpt2", help="defaults for every flag below")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", "bool | None"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=FLAG_HELP[f.name])
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
+            parser.add_argument(flag, type=kind, default=None, help=FLAG_HELP[f.name])
+    return parser
+
+
+def parse_config(argv=None) -> TrainConfig:
+    args = vars(build_parser().parse_args(argv))
+    values = asdict(TrainConfig())
+    values.update(PRESETS[args.pop("preset")])
+    values.update({k: v for k, v in args.items() if v is not None})
+    return TrainConfig(**values)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Quantities derived from the config and the world size, computed and checked once."""
+
+    grad_accum_steps: int
+    tokens_per_step: int
+
+
+def make_plan(cfg: TrainConfig, world_size: int, block_size: int) -> Plan:
+    tokens_per_micro_step = cfg.micro_batch * cfg.seq_len * world_size
+    if cfg.total_batch % tokens_per_micro_step != 0:
+        raise TrainError(
+            f"--total-batch {cfg.total_batch} is not a multiple of --micro-batch {cfg.micro_batch} x --seq-len "
+            f"{cfg.seq_len} x {world_size} processes = {tokens_per_micro_step}; change one of those flags"
+        )
+    if cfg.seq_len > block_size:
+        raise TrainError(f"--seq-len {cfg.seq_len} exceeds the {cfg.model} model's block_size {block_size}")
+    if not 0 < cfg.warmup_steps < cfg.max_steps:
+        raise TrainError(f"--warmup-steps {cfg.warmup_steps} must be between 1 and --max-steps {cfg.max_steps} - 1")
+    for name in ("eval_every", "save_every", "val_steps", "keep_last", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be at least 1")
+    return Plan(grad_accum_steps=cfg.total_batch // tokens_per_micro_step, tokens_per_step=cfg.total_batch)
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to max_lr, then cosine decay to min_lr at the last step (GPT-3 paper, appendix B)."""
+    if step < cfg.warmup_steps:
+        return cfg.max_lr * (step + 1) / cfg.warmup_steps
+    if step >= cfg.max_steps - 1:
+        return cfg.min_lr
+    decay_ratio = (step - cfg.warmup_steps) / (cfg.max_steps - 1 - cfg.warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
+    return cfg.min_lr + coeff * (cfg.max_lr - cfg.min_lr)
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+
+class DataLoader:
+    """Windows of seq_len + 1 tokens from fineweb.py's shards, for one rank.
+
+    Each epoch visits the shards in a seeded random order and the windows inside each shard in a
+    seeded random order (ordered data causes periodic bumps in the loss). The global batch of a
+    micro-step is the next micro_batch * world_size windows; rank r takes the r-th slice of it, so
+    ranks read disjoint data and every window is used once per epoch (the windows that do not fill
+    a last global batch wait for the next epoch's order). `position` counts global windows, so the
+    state does not depend on the world size. The validation split is read in order, unshuffled.
+    """
+
+    def __init__(self, data_dir, split: str, micro_batch: int, seq_len: int, rank: int, world_size: int,
+                 seed: int, shuffle: bool):
+        self.data_dir, self.split = Path(data_dir), split
+        self.micro_batch, self.seq_len = micro_batch, seq_len
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.paths = list_shards(data_dir, split)
+        # mmap: only the windows a rank reads are paged in, whatever the shard size.
+        self.shards = [load_shard(path, mmap=True) for path in self.paths]
+        self.windows_per_shard = [(len(shard) - 1) // seq_len for shard in self.shards]
+        self.total_windows = sum(self.windows_per_shard)
+        self.global_batch = micro_batch * world_size
+        if self.total_windows < self.global_batch:
+            raise TrainError(
+                f"the {split} split of {data_dir} ({sum(map(len, self.shards)):,} tokens in {len(self.paths)} shard(s)) "
+                f"is shorter than one batch of {self.global_batch} x {seq_len + 1} tokens; lower --micro-batch or "
+                f"--seq-len, or make more data with fineweb.py"
+            )
+        self.epoch, self.position = 0, 0
+        self._order_epoch = None
+
+    def _order(self):
+        """Shard order, start offsets, and per-shard window permutations of the current epoch."""
+        if self._order_epoch != self.epoch:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            n = len(self.shards)
+            self._shard_order = rng.permutation(n) if self.shuffle else np.arange(n)
+            counts = np.array(self.windows_per_shard)[self._shard_order]
+            self._starts = np.concatenate([[0], np.cumsum(counts)])
+            self._window_perms = {}
+            self._order_epoch = self.epoch
+        return self._shard_order, self._starts
+
+    def _window(self, global_index: int) -> np.ndarray:
+        shard_order, starts = self._order()
+        slot = int(np.searchsorted(starts, global_index, side="right")) - 1
+        shard = int(shard_order[slot])
+        offset = global_index - int(starts[slot])
+        if self.shuffle:
+            if shard not in self._window_perms:
+                rng = np.random.default_rng([self.seed, self.epoch, shard])
+                self._window_perms = {shard: rng.permutation(self.windows_per_shard[shard])}
+            offset = int(self._window_perms[shard][offset])
+        start = offset * self.seq_len
+        return self.shards[shard][start : start + self.seq_len + 1]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position + self.global_batch > self.total_windows:
+            self.epoch, self.position = self.epoch + 1, 0
+        first = self.position + self.rank * self.micro_batch
+        windows = np.stack([self._window(i) for i in range(first, first + self.micro_batch)]).astype(np.int64)
+        self.position += self.global_batch
+        buf = torch.from_numpy(windows)
+        return buf[:, :-1], buf[:, 1:]
+
+    def reset(self):
+        self.epoch, self.position = 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "total_windows": self.total_windows}
+
+    def load_state_dict(self, state: dict):
+        if state["total_windows"] != self.total_windows or state["seed"] != self.seed:
+            raise TrainError(
+                f"the checkpoint's data position was recorded for {state['total_windows']:,} windows with seed "
+                f"{state['seed']}, but {self.data_dir} with --seq-len {self.seq_len} and --seed {self.seed} has "
+                f"{self.total_windows:,}: resume with the same data, --seq-len and --seed"
+            )
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+# -----------------------------------------------------------------------------
+# Logs: metrics.jsonl is append-only (a resumed run adds to it) and the plot is drawn from it.
+
+# Peak dense bf16 tensor-core FLOP/s, for MFU. Unknown devices get no MFU rather than a guess.
+PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+# GPT-2 124M reference lines for the plot: the OpenAI checkpoint's HellaSwag acc_norm with
+# hellaswag.py's scoring, and its validation loss on FineWeb-Edu's first 100M-token shard as
+# build-nanogpt measured it.
+GPT2_124M_HELLASWAG = 0.2955
+GPT2_124M_VAL_LOSS = 3.2924
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class MetricsLog:
+    """One JSON object per line in {log_dir}/metrics.jsonl, appended and flushed at once."""
+
+    def __init__(self, log_dir: Path):
+        self.path = log_dir / "metrics.jsonl"
+
+    def write(self, record_type: str, **fields_):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"type": record_type, "time": round(time.time(), 3), **fields_}) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def latest_per_step(records: list[dict], record_type: str) -> list[dict]:
+    """Records of one type, one per step: after a resume, the re-run steps replace the lost ones."""
+    by_step = {r["step"]: r for r in records if r["type"] == record_type}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def plot_metrics(log_dir: Path) -> Path:
+    """Redraw {log_dir}/loss.png from metrics.jsonl: losses on the left, HellaSwag on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a GPU node
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(log_dir / "metrics.jsonl")
+    train = latest_per_step(records, "train")
+    evals = latest_per_step(records, "eval")
+    fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5))
+    ax_loss.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss", lw=0.8, alpha=0.7)
+    val = [r for r in evals if r.get("val_loss") is not None]
+    ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss", ms=3)
+    ax_loss.axhline(GPT2_124M_VAL_LOSS, color="r", ls="--", label=f"OpenAI GPT-2 124M val loss ({GPT2_124M_VAL_LOSS})")
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+    if train:
+        ax_loss.set_ylim(top=min(max(r["train_loss"] for r in train), 12.0) + 0.2)
+    ax_loss.legend()
+    hs = [r for r in evals if r.get("hellaswag_acc_norm") is not None]
+    ax_hs.plot([r["step"] for r in hs], [r["hellaswag_acc_norm"] for r in hs], "o-", label="HellaSwag acc_norm", ms=3)
+    ax_hs.axhline(GPT2_124M_HELLASWAG, color="r", ls="--", label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
+    ax_hs.axhline(0.25, color="gray", ls=":", label="chance (0.25)")
+    ax_hs.set(xlabel="step", ylabel="accuracy", title="HellaSwag")
+    ax_hs.legend()
+    fig.tight_layout()
+    out = log_dir / "loss.png"
+    tmp = out.with_name("loss.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+
+def rng_state() -> dict:
+    """Every random generator's state, in types torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's current device
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(path: Path, checkpoint: dict):
+    """Write to a temporary name, then rename: a crash mid-save never destroys the last good checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def prune_checkpoints(log_dir: Path, keep_last: int):
+    for old in list_checkpoints(log_dir)[:-keep_last]:
+        old.unlink()
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainError(f"cannot read checkpoint {path} ({e}); pass another with --resume PATH") from e
+    missing = {"model", "model_config", "optimizer", "step", "train_loader", "rng", "config"} - set(checkpoint)
+    if missing:
+        raise TrainError(f"{path} is not a train_gpt2.py checkpoint (missing {sorted(missing)})")
+    return checkpoint
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(cfg.log_dir)
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise TrainError(f"--resume {cfg.resume}: no such checkpoint file (use 'auto' or 'none', or a ckpt_*.pt path)")
+    return path
+
+
+# -----------------------------------------------------------------------------
+# Evaluation while training
+
+
+@torch.no_grad()
+def evaluate_val_loss(model, loader: DataLoader, steps: int, device: torch.device) -> float:
+    """Mean loss over `steps` validation micro-batches per rank, averaged over ranks; the same batches each time."""
+    model.eval()
+    loader.reset()
+    total = 0.0
+    for _ in range(steps):
+        x, y = loader.next_batch()
+        with autocast_context(device):
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item()
+    model.train()
+    summed, count = all_reduce_sum([total, steps], device)
+    return summed / count
+
+
+def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device) -> list[str]:
+    """A few sampled continuations of the sample prompt, seeded so runs can be compared."""
+    enc = get_tokenizer()
+    prompt = torch.tensor([enc.encode_ordinary(cfg.sample_prompt)] * cfg.num_samples, device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    raw_model.eval()
+    with autocast_context(device):
+        out = raw_model.generate(prompt, cfg.sample_tokens, stop_token=EOT_TOKEN, top_k=50, generator=generator)
+    raw_model.train()
+    texts = []
+    for row in out.tolist():
+        new = row[prompt.size(1):]
+        if EOT_TOKEN in new:
+            new = new[: new.index(EOT_TOKEN)]
+        texts.append(cfg.sample_prompt + enc.decode(new))
+    return texts
+
+
+def hellaswag_examples(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> list[dict] | None:
+    """The HellaSwag examples to evaluate, or None (with one clear line) when the data is absent.
+
+    Without --hellaswag-data the official file is downloaded once into hellaswag.py's cache, by
+    one process per node; a failed download (no internet) disables HellaSwag instead of the run.
+    """
+    if not cfg.hellaswag:
+        return None
+    path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else hellaswag.default_data_path()
+    if not cfg.hellaswag_data and not path.is_file() and dist_info.local_rank == 0:
+        try:
+            hellaswag.download()
+        except (OSError, hellaswag.HellaSwagDataError) as e:
+            print(f"hellaswag: download failed ({e})", file=sys.stderr)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    present = all_reduce_sum([float(path.is_file())], device)[0] == dist_info.world_size
+    if not present:
+        if dist_info.is_master:
+            print(f"hellaswag: skipped, {path} is not there (pass --hellaswag-data PATH, or --no-hellaswag)")
+        return None
+    try:
+        return list(hellaswag.iterate_examples(path, limit=cfg.hellaswag_limit))
+    except ValueError as e:
+        raise TrainError(f"--hellaswag-data: {e}") from e
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a training run; returns the logged train losses and the last evaluation."""
+    dist_info, device = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, dist_info, device)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> dict:
+    master = dist_info.is_master
+    print0 = print if master else (lambda *a, **k: None)
+    model_config = GPTConfig.from_preset(cfg.model, pad_vocab_multiple=64 if cfg.pad_vocab else 1)
+    plan = make_plan(cfg, dist_info.world_size, model_config.block_size)
+    log_dir = Path(cfg.log_dir)
+
+    resume_path = resolve_resume(cfg)
+    if resume_path is None and list_checkpoints(log_dir):
+        raise TrainError(
+            f"{log_dir} already holds checkpoints (newest {latest_checkpoint(log_dir).name}); continue that run with "
+            "--resume auto, or start a new one with another --log-dir"
+        )
+    checkpoint = load_checkpoint(resume_path) if resume_path else None
+    if checkpoint and checkpoint["model_config"] != model_config.to_dict():
+        raise TrainError(
+            f"{resume_path} holds a model with config {checkpoint['model_config']}, but --model {cfg.model} "
+            f"--{'' if cfg.pad_vocab else 'no-'}pad-vocab asks for {model_config.to_dict()}; pass the flags it was trained with"
+        )
+
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the matmuls that autocast leaves in fp32
+    train_loader = DataLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=True)
+    val_loader = DataLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=False)
+    raw_model = GPT(model_config, seed=cfg.seed).to(device)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, (cfg.beta1, cfg.beta2), cfg.eps, device.type)
+    start_step, tokens_seen = 0, 0
+    torch.manual_seed(cfg.seed + dist_info.rank)  # dropout masks differ between ranks
+    if checkpoint:
+        raw_model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        train_loader.load_state_dict(checkpoint["train_loader"])
+        start_step, tokens_seen = checkpoint["step"], checkpoint["tokens_seen"]
+        rng_states = checkpoint["rng"]
+        if len(rng_states) == dist_info.world_size:
+            set_rng_state(rng_states[dist_info.rank])
+        else:
+            print0(f"note: {resume_path} was saved by {len(rng_states)} processes, this run has {dist_info.world_size}; random states start fresh")
+        changed = {k: (v, getattr(cfg, k)) for k, v in checkpoint["config"].items()
+                   if k not in ("resume", "device", "stop_at_step", "log_every") and getattr(cfg, k, v) != v}
+        if changed:
+            print0(f"note: flags differ from the checkpoint's (was, now): {changed}")
+
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    model = torch.compile(raw_model) if use_compile else raw_model
+    eval_model = model  # compiled but not DDP-wrapped: evaluation needs no gradient sync
+    if dist_info.enabled:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    examples = hellaswag_examples(cfg, dist_info, device)
+
+    metrics = MetricsLog(log_dir)
+    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
+    peak = peak_flops(device)
+    if master:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        header = dict(
+            config=asdict(cfg), model_config=model_config.to_dict(), git_commit=git_commit(), torch=torch.__version__,
+            python=platform.python_version(), numpy=np.__version__, device=device_name(device), world_size=dist_info.world_size,
+            grad_accum_steps=plan.grad_accum_steps, num_params=raw_model.num_params(), compile=use_compile,
+            resumed_from=str(resume_path) if resume_path else None, start_step=start_step,
+        )
+        metrics.write("header", **header)
+        print0(json.dumps(header, indent=1))
+        print0(f"total batch {cfg.total_batch:,} tokens = {cfg.micro_batch} x {cfg.seq_len} x {dist_info.world_size} ranks "
+               f"x {plan.grad_accum_steps} accumulation steps")
+
+    def evaluate(step: int) -> dict:
+        val_loss = evaluate_val_loss(eval_model, val_loader, cfg.val_steps, device)
+        record = {"step": step, "val_loss": val_loss, "hellaswag_acc_norm": None, "hellaswag_acc": None}
+        if examples:
+            with autocast_context(device):
+                result = hellaswag.evaluate(raw_model, examples, device, batch_size=16, rank=dist_info.rank,
+                                            world_size=dist_info.world_size)
+            record.update(hellaswag_acc_norm=result.acc_norm, hellaswag_acc=result.acc, hellaswag_n=result.n)
+        if master:
+            metrics.write("eval", **record)
+            hs = "" if record["hellaswag_acc_norm"] is None else f" | hellaswag acc_norm {record['hellaswag_acc_norm']:.4f}"
+            print0(f"step {step:5d} | val loss {val_loss:.4f}{hs}")
+            for text in text_samples(raw_model, cfg, device):
+                metrics.write("sample", step=step, text=text)
+                print0(f"sample: {text!r}")
+            plot_metrics(log_dir)
+        return record
+
+    def save(step: int):
+        rng_states = [None] * dist_info.world_size
+        if dist_info.enabled:
+            dist.all_gather_object(rng_states, rng_state())
+        else:
+            rng_states = [rng_state()]
+        if master:
+            path = log_dir / f"ckpt_{step:06d}.pt"
+            t0 = time.perf_counter()
+            save_checkpoint(path, {
+                "format_version": 1, "model": raw_model.state_dict(), "model_config": model_config.to_dict(),
+                "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
+                "train_loader": train_loader.state_dict(), "rng": rng_states, "config": asdict(cfg),
+                "val_loss": last_eval.get("val_loss"),
+            })
+            prune_checkpoints(log_dir, cfg.keep_last)
+            print0(f"saved {path} in {time.perf_counter() - t0:.1f}s")
+        if dist_info.enabled:
+            dist.barrier()
+
+    last_eval = evaluate(0) if start_step == 0 else {}
+    end_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+    train_losses = []
+    for step in range(start_step, end_step):
+        t0 = time.perf_counter()
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_accum = torch.zeros((), device=device)
+        for micro_step in range(plan.grad_accum_steps):
+            x, y = train_loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # DDP all-reduces gradients in backward(); only the last micro-step needs it.
+            last_micro_step = micro_step == plan.grad_accum_steps - 1
+            sync_context = model.no_sync() if dist_info.enabled and not last_micro_step else contextlib.nullcontext()
+            with sync_context:
+                with autocast_context(device):
+                    _, loss = model(x, y)
+                # The mean over the whole batch, not the sum of per-micro-batch means.
+                loss = loss / plan.grad_accum_steps
+                loss_accum += loss.detach()
+                loss.backward()
+        if dist_info.enabled:
+            dist.all_reduce(loss_accum, op=dist.ReduceOp.SUM)  # gloo has no AVG
+            loss_accum /= dist_info.world_size
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        loss_value, grad_norm_value = loss_accum.item(), grad_norm.item()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm_value)):
+            newest = latest_checkpoint(log_dir)
+            raise TrainError(
+                f"step {step + 1}: the loss is {loss_value} and the gradient norm {grad_norm_value}; stopped without "
+                f"saving, so the last good checkpoint ({newest or 'none yet'}) is untouched. Lower --max-lr or check the data"
+            )
+        lr = get_lr(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        tokens_seen += plan.tokens_per_step
+        tokens_per_s = plan.tokens_per_step / dt
+        mfu = flops_per_token * tokens_per_s / (peak * dist_info.world_size) if peak else None
+        completed = step + 1
+        train_losses.append(loss_value)
+        if master:
+            metrics.write("train", step=completed, train_loss=loss_value, lr=lr, grad_norm=grad_norm_value,
+                          dt_ms=dt * 1000, tokens_per_s=tokens_per_s, mfu=mfu, tokens_seen=tokens_seen)
+            if completed % cfg.log_every == 0 or completed == end_step:
+                mfu_text = f" | mfu {mfu:.1%}" if mfu is not None else ""
+                print0(f"step {completed:5d}/{cfg.max_steps} | loss {loss_value:.6f} | lr {lr:.4e} | norm {grad_norm_value:.4f} "
+                       f"| dt {dt * 1000:.1f}ms | tok/s {tokens_per_s:,.0f}{mfu_text}")
+        if completed % cfg.eval_every == 0 or completed == cfg.max_steps:
+            last_eval = evaluate(completed)
+        if completed % cfg.save_every == 0 or completed == end_step:
+            save(completed)
+    return {"train_losses": train_losses, "last_eval": last_eval, "start_step": start_step}
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_config(argv)
+        train(cfg)
+    except (TrainError, ShardError, hellaswag.HellaSwagDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
