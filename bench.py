@@ -1,0 +1,191 @@
+"""Training throughput of a model preset on the current device: tokens/s, step time, MFU, memory.
+
+    python bench.py                                   # GPT-2 124M, micro-batch 64 x 1024, the full recipe
+    python bench.py --ladder                          # each speed-up on top of the previous, as a table
+    python bench.py --preset smoke                    # the smoke run's model and batch (CPU regressions)
+
+MFU uses the PaLM formula (appendix B): FLOPs per token = 6N + 12 * L * H * Q * T, N excluding
+position embeddings (8.55e8 for GPT-2 124M at T=1024), against the peak dense bf16 FLOP/s of the
+GPU (train_gpt2.PEAK_BF16_FLOPS: A100 312e12, H100 and H200 989e12); the peak assumed is printed.
+Batches are random tokens (the data loader is not the bottleneck); warm-up steps, which include
+compilation, are excluded, and every timing is synchronised with the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from model import GPT, GPTConfig
+from train_gpt2 import device_name, peak_flops, resolve_device
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One configuration of the optimisation ladder; the ladder turns these on one at a time."""
+
+    name: str
+    tf32: bool = True
+    bf16: bool = True
+    attention: str = "default"  # SDPA backend: math (no fused kernel), default (flash), cudnn
+    compile: bool = True
+    fused_adamw: bool = True
+    pad_vocab: bool = True
+    micro_batch: int | None = None  # None: --micro-batch
+
+
+FULL = Rung("full recipe")
+LADDER = [
+    Rung("fp32 baseline", tf32=False, bf16=False, attention="math", compile=False, fused_adamw=False, pad_vocab=False),
+    Rung("+ TF32 matmuls", bf16=False, attention="math", compile=False, fused_adamw=False, pad_vocab=False),
+    Rung("+ bf16 autocast", attention="math", compile=False, fused_adamw=False, pad_vocab=False),
+    Rung("+ SDPA flash attention", compile=False, fused_adamw=False, pad_vocab=False),
+    Rung("+ torch.compile", fused_adamw=False, pad_vocab=False),
+    Rung("+ fused AdamW", pad_vocab=False),
+    Rung("+ vocab 50304"),
+    Rung("+ cuDNN attention", attention="cudnn"),
+]
+ATTENTION_BACKENDS = {"math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+PRESETS = {"gpt2": dict(model="gpt2", micro_batch=64, seq_len=1024), "smoke": dict(model="tiny", micro_batch=16, seq_len=128)}
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "gpt2"
+    model: str = "gpt2"
+    micro_batch: int = 64
+    seq_len: int = 1024
+    steps: int = 20  # timed steps
+    warmup_steps: int = 5  # untimed steps first (compilation happens here)
+    device: str | None = None
+    ladder: bool = False
+    larger_batch: int | None = None  # with --ladder, one more rung at this micro-batch
+    json_out: str | None = None
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
+    """Time `cfg.steps` training steps (forward, backward, AdamW) after the warm-up steps."""
+    cuda = device.type == "cuda"
+    micro_batch = rung.micro_batch or cfg.micro_batch
+    torch.backends.cuda.matmul.allow_tf32 = rung.tf32
+    torch.backends.cudnn.allow_tf32 = rung.tf32
+    model_config = GPTConfig.from_preset(cfg.model, pad_vocab_multiple=64 if rung.pad_vocab else 1)
+    raw_model = GPT(model_config, seed=0).to(device)
+    optimizer = raw_model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 1e-8, device.type)
+    if not (rung.fused_adamw and cuda):
+        for group in optimizer.param_groups:
+            group["fused"] = False
+    model = torch.compile(raw_model) if rung.compile else raw_model
+    tokens = torch.randint(0, model_config.vocab_size, (micro_batch, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
+    x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if rung.bf16 and cuda else contextlib.nullcontext()
+    attention = sdpa_kernel(ATTENTION_BACKENDS[rung.attention]) if rung.attention in ATTENTION_BACKENDS else contextlib.nullcontext()
+
+    def step():
+        with attention, autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(cfg.warmup_steps):
+        step()
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(cfg.steps):
+        step()
+    synchronize(device)
+    step_s = (time.perf_counter() - t0) / cfg.steps
+    tokens_per_s = micro_batch * cfg.seq_len / step_s
+    peak = peak_flops(device)
+    result = {
+        "rung": rung.name,
+        "micro_batch": micro_batch,
+        "step_ms": step_s * 1000,
+        "tokens_per_s": tokens_per_s,
+        "mfu": raw_model.flops_per_token(cfg.seq_len) * tokens_per_s / peak if peak else None,
+        "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
+        # ru_maxrss is KiB on Linux: the process's peak so far, so it only grows along a ladder.
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    del model, raw_model, optimizer
+    if cuda:
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return result
+
+
+def format_row(r: dict) -> str:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+    memory = f"{r['reserved_gib']:.1f} GiB reserved" if r["reserved_gib"] is not None else f"{r['peak_rss_gib']:.2f} GiB peak RSS"
+    return f"| {r['rung']:<28} | {r['micro_batch']:>5} | {r['tokens_per_s']:>12,.0f} | {r['step_ms']:>9.1f} | {mfu:>6} | {memory} |"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpt2", help="model and batch defaults")
+    parser.add_argument("--model", help="model.py preset (overrides --preset's)")
+    parser.add_argument("--micro-batch", type=int, help="sequences per step (overrides --preset's)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (overrides --preset's)")
+    parser.add_argument("--steps", type=int, default=BenchConfig.steps, help="timed steps")
+    parser.add_argument("--warmup-steps", type=int, default=BenchConfig.warmup_steps, help="untimed steps before timing, compilation included")
+    parser.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best available)")
+    parser.add_argument("--ladder", action=argparse.BooleanOptionalAction, default=False, help="measure each optimisation on top of the previous (CUDA)")
+    parser.add_argument("--larger-batch", type=int, help="with --ladder: a last rung at this micro-batch")
+    parser.add_argument("--json-out", help="also write the results to this JSON file")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    values = {**asdict(BenchConfig()), **PRESETS[args["preset"]], **{k: v for k, v in args.items() if v is not None}}
+    cfg = BenchConfig(**values)
+    device = resolve_device(cfg.device)
+    if cfg.steps < 1 or cfg.warmup_steps < 0:
+        raise SystemExit("--steps must be at least 1 and --warmup-steps at least 0")
+    if cfg.ladder and device.type != "cuda":
+        raise SystemExit("--ladder compares GPU features (TF32, bf16, flash attention, fused AdamW); run it on a CUDA device")
+    peak = peak_flops(device)
+    print(f"device: {device_name(device)} | torch {torch.__version__} | peak bf16 FLOP/s assumed: {peak or 'unknown (no MFU)'}")
+    print(f"config: {json.dumps(asdict(cfg))}")
+    rungs = LADDER if cfg.ladder else [FULL if device.type == "cuda" else replace(FULL, name="default (fp32 on CPU)", compile=False)]
+    if cfg.ladder and cfg.larger_batch:
+        rungs = rungs + [replace(rungs[-1], name=f"+ micro-batch {cfg.larger_batch}", micro_batch=cfg.larger_batch)]
+    print(f"| {'configuration':<28} | batch | {'tokens/s':>12} | {'step ms':>9} | {'MFU':>6} | memory |")
+    print(f"|{'-' * 30}|-------|{'-' * 14}|{'-' * 11}|{'-' * 8}|--------|")
+    results = []
+    for rung in rungs:
+        try:
+            result = measure(cfg, rung, device)
+        except torch.OutOfMemoryError:
+            print(f"| {rung.name:<28} | out of memory |")
+            torch.cuda.empty_cache()
+            continue
+        results.append(result)
+        print(format_row(result), flush=True)
+    if cfg.json_out:
+        with open(cfg.json_out, "w") as f:
+            json.dump({"device": device_name(device), "torch": torch.__version__, "config": asdict(cfg), "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""workflow.txt, the runbook for an 8-GPU node: every python and torchrun command in it names a
+script that exists, with flags (and values) that the script's argument parser accepts."""
+
+import importlib
+import re
+import shlex
+
+import pytest
+from conftest import REPO_ROOT
+
+WORKFLOW = REPO_ROOT / "workflow.txt"
+STAGES = {"fineweb.py", "train_gpt2.py", "hellaswag.py", "generate.py", "upload_hf.py"}
+
+
+def command_lines(text: str) -> list[str]:
+    """The runbook's commands: its lines indented by four spaces (prose is not indented)."""
+    return [line.strip() for line in text.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def shell_commands(line: str) -> list[list[str]]:
+    """The simple commands of a shell line, split at && ; | & and cut at redirections."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    commands, current = [], []
+    for token in lexer:
+        if token in ("&&", "||", ";", "|", "&"):
+            commands.append(current)
+            current = []
+        else:
+            current.append(token)
+    commands.append(current)
+    # `cmd >> file 2>&1`: what follows the first redirection is not the command's arguments.
+    return [command[: next((i for i, t in enumerate(command) if set(t) <= set("<>&|")), len(command))] for command in commands if command]
+
+
+def script_invocations(text: str) -> list[tuple[str, list[str], list[str], str]]:
+    """(script, its arguments, torchrun's arguments or None, the line) for each python X.py / torchrun ... X.py."""
+    found = []
+    for line in command_lines(text):
+        for command in shell_commands(line):
+            while command and command[0] in ("nohup", "time"):
+                command = command[1:]
+            if len(command) >= 2 and command[0] in ("python", "python3") and command[1].endswith(".py"):
+                found.append((command[1], command[2:], None, line))
+            elif command and command[0] == "torchrun":
+                index = next(i for i, token in enumerate(command) if token.endswith(".py"))
+                found.append((command[index], command[index + 1 :], command[1:index], line))
+    return found
+
+
+TEXT = WORKFLOW.read_text() if WORKFLOW.is_file() else ""
+INVOCATIONS = script_invocations(TEXT)
+
+
+def test_workflow_covers_every_stage():
+    assert WORKFLOW.is_file(), f"{WORKFLOW} is missing"
+    assert {script for script, *_ in INVOCATIONS} >= STAGES
+    assert any(torchrun is not None for _, _, torchrun, _ in INVOCATIONS)
+
+
+def test_every_script_the_workflow_mentions_exists():
+    mentioned = set(re.findall(r"\b[\w/]+\.py\b", TEXT))
+    assert mentioned, "workflow.txt names no script"
+    missing = sorted(name for name in mentioned if not (REPO_ROOT / name).is_file())
+    assert not missing, f"workflow.txt mentions scripts that do not exist: {missing}"
+
+
+def test_pip_requirement_files_exist():
+    for line in command_lines(TEXT):
+        for command in shell_commands(line):
+            if "pip" in command and "-r" in command:
+                assert (REPO_ROOT / command[command.index("-r") + 1]).is_file(), line
+
+
+def flags(args: list[str]) -> list[str]:
+    return [arg.split("=")[0] for arg in args if arg.startswith("-") and not re.fullmatch(r"-[\d.]+", arg)]
+
+
+@pytest.mark.parametrize("script, args, torchrun, line", INVOCATIONS, ids=[line for *_, line in INVOCATIONS])
+def test_command_is_accepted_by_the_scripts_parser(script, args, torchrun, line, capsys):
+    path = REPO_ROOT / script
+    assert path.is_file(), f"{line}: {script} does not exist"
+    if torchrun is not None:
+        from torch.distributed.run import get_args_parser
+
+        parsed = get_args_parser().parse_args([*torchrun, script, *args])
+        assert parsed.training_script == script and parsed.training_script_args == args
+    module = importlib.import_module(path.stem)
+    if hasattr(module, "build_parser"):
+        parser = module.build_parser()
+        known, parse = parser._option_string_actions, parser.parse_args
+    else:  # no parser to ask: the flag must at least be spelled out in the source
+        source = path.read_text()
+        known, parse = [flag for flag in flags(args) if f'"{flag}"' in source], getattr(module, "parse_args", None)
+    unknown = [flag for flag in flags(args) if flag not in known]
+    assert not unknown, f"{line}: {script} has no flag {', '.join(unknown)}"
+    if parse is None:
+        return
+    try:
+        parse(args)  # values too: choices, types, required flags
+    except SystemExit:
+        pytest.fail(f"{line}: {script} rejects these arguments: {capsys.readouterr().err.strip()}")
+
+
+def test_final_checkpoint_name_matches_the_gpt2_preset():
+    from train_gpt2 import TrainConfig
+
+    # train_gpt2.py saves at the end as ckpt_{step:06d}.pt, step = max_steps of the default (gpt2) preset.
+    final = f"ckpt_{TrainConfig().max_steps:06d}.pt"
+    named = set(re.findall(r"ckpt_\d{6}\.pt", TEXT))
+    assert named == {final}, f"workflow.txt names {sorted(named)}, but the gpt2 preset ends with {final}"

@@ -1,0 +1,436 @@
+"""Publish a train_gpt2.py checkpoint on the Hugging Face Hub as a transformers GPT-2 model.
+
+    python upload_hf.py --log-dir log/gpt2-124m --repo-id YOUR_NAME/gpt2-124m-fineweb-edu
+    python upload_hf.py --log-dir log/gpt2-124m --repo-id YOUR_NAME/gpt2-124m-fineweb-edu --dry-run --out hf/gpt2-124m
+    python upload_hf.py --checkpoint log/gpt2-124m/ckpt_010000.pt --repo-id YOUR_NAME/gpt2-124m-step10000 --private
+
+The folder it uploads is what transformers.GPT2LMHeadModel and AutoTokenizer load (written by
+model.py's save_pretrained) plus a model card, README.md, drawn from the checkpoint and the run's
+metrics.jsonl, with the loss curve loss.png. --include-training-state adds the raw checkpoint and
+the run's log files under training/, so the run can be resumed or audited from the Hub.
+
+Everything that can go wrong locally is checked before the first network call: the token, the
+repo id, the checkpoint, and that the exported folder reloads to the same logits as the checkpoint.
+The token comes from HF_TOKEN or from `hf auth login`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi, ModelCardData, get_token
+from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
+
+from fineweb import FINEWEB_EDU_REPO, SOURCES, ShardError, read_meta
+from model import GPT
+from train_gpt2 import GPT2_124M_HELLASWAG, GPT2_124M_VAL_LOSS, TrainConfig, latest_checkpoint, latest_per_step, list_checkpoints, read_metrics
+
+CHECKPOINT_KEYS = ("model", "model_config", "step", "tokens_seen", "config", "format_version")
+CHECKPOINT_FORMAT_VERSION = 1
+MAX_LOGIT_DIFF = 1e-5
+# Written into every export and never uploaded: it is how a rerun knows that a non-empty --out
+# folder is a previous export it may replace, rather than something of the user's.
+EXPORT_MARKER = ".upload_hf"
+TRAINING_DIR = "training"
+
+
+class UploadError(Exception):
+    """A problem the user can fix; the message names the file or flag and what to do."""
+
+
+@dataclass
+class UploadConfig:
+    repo_id: str  # namespace/name on the Hub
+    log_dir: str | None = None  # None: the --checkpoint's folder, else train_gpt2.py's default
+    checkpoint: str | None = None  # None: the newest complete checkpoint in the log dir
+    private: bool | None = None  # None: the Hub's default for a new repo (public unless its organisation says otherwise)
+    revision: str | None = None  # branch to commit to; None: the repo's default branch
+    commit_message: str | None = None  # None: names the checkpoint, its step and tokens
+    include_training_state: bool = False
+    dry_run: bool = False
+    out: str | None = None  # where to keep the exported folder; None: a temporary folder
+    overwrite_out: bool = False
+
+
+# -----------------------------------------------------------------------------
+# Pre-flight checks: all local, all before the first network call
+
+
+def check_repo_id(repo_id: str) -> None:
+    # validate_repo_id also accepts a bare name, which the Hub would put under the token's user:
+    # asking for the namespace makes the destination explicit.
+    if repo_id.count("/") != 1:
+        raise UploadError(f"--repo-id {repo_id!r} must be namespace/name, e.g. YOUR_NAME/gpt2-124m-fineweb-edu")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UploadError(f"--repo-id {repo_id!r} is not a valid Hub repo id: {error}") from error
+
+
+def find_token() -> str:
+    token = get_token()
+    if not token:
+        raise UploadError(
+            "no Hugging Face token: set HF_TOKEN to a token with write access "
+            "(https://huggingface.co/settings/tokens) or run `hf auth login`; --dry-run needs none"
+        )
+    return token
+
+
+def check_out_dir(out: Path, overwrite_out: bool, inputs: list[Path]) -> None:
+    """Refuse an --out folder whose replacement would lose something of the user's."""
+    if out.exists() and not out.is_dir():
+        raise UploadError(f"--out {out} is a file, not a folder: choose another --out")
+    for path in inputs:
+        if path.resolve().is_relative_to(out.resolve()):
+            raise UploadError(f"--out {out} holds {path}, which the export reads: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file() and not overwrite_out:
+        raise UploadError(
+            f"--out {out} is not empty and was not written by upload_hf.py: choose another --out, "
+            "or pass --overwrite-out to move its contents aside (to a .backup folder beside it) and replace it"
+        )
+
+
+def resolve_paths(cfg: UploadConfig) -> tuple[Path, Path]:
+    """(checkpoint, log dir): --checkpoint and/or --log-dir, defaulting each from the other."""
+    if cfg.checkpoint is not None:
+        checkpoint = Path(cfg.checkpoint)
+        if not checkpoint.is_file():
+            raise UploadError(f"--checkpoint {checkpoint} does not exist or is not a file")
+        return checkpoint, Path(cfg.log_dir) if cfg.log_dir is not None else checkpoint.parent
+    log_dir = Path(cfg.log_dir if cfg.log_dir is not None else TrainConfig.log_dir)
+    if not log_dir.is_dir():
+        raise UploadError(f"--log-dir {log_dir} does not exist: pass the --log-dir train_gpt2.py wrote to, or --checkpoint PATH")
+    checkpoint = latest_checkpoint(log_dir)
+    if checkpoint is None:
+        raise UploadError(
+            f"--log-dir {log_dir} holds no checkpoint (ckpt_NNNNNN.pt): train with train_gpt2.py first, "
+            "or pass --checkpoint PATH"
+        )
+    return checkpoint, log_dir
+
+
+def read_checkpoint(path: Path) -> tuple[dict, GPT]:
+    """The checkpoint's metadata (tensors memory-mapped, not read) and its model."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises many types for a truncated or foreign file
+        raise UploadError(f"--checkpoint {path} is not a readable train_gpt2.py checkpoint ({error})") from error
+    if not isinstance(checkpoint, dict):
+        raise UploadError(f"--checkpoint {path} is not a train_gpt2.py checkpoint (it holds a {type(checkpoint).__name__})")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise UploadError(f"--checkpoint {path} is not a complete train_gpt2.py checkpoint: it lacks {', '.join(missing)}")
+    if checkpoint["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise UploadError(
+            f"--checkpoint {path} has format_version {checkpoint['format_version']}, this upload_hf.py reads "
+            f"{CHECKPOINT_FORMAT_VERSION}: update the code to the version that trained it"
+        )
+    try:
+        model = GPT.from_checkpoint(path)
+    except (ValueError, RuntimeError) as error:  # bad model_config, or weights that do not fit it
+        # load_state_dict lists every mismatched tensor on its own line: two make the point.
+        problems = [line.strip() for line in str(error).splitlines() if line.strip()]
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UploadError(f"--checkpoint {path}: {' '.join(problems[:3])}{more}") from error
+    return checkpoint, model.eval()
+
+
+# -----------------------------------------------------------------------------
+# The run's record: metrics.jsonl and the data's meta.json
+
+
+def run_record(log_dir: Path, step: int) -> dict:
+    """From metrics.jsonl: the last header, and the last train and eval records at or before the
+    checkpoint's step (later ones come from training that went on past this checkpoint)."""
+    path = log_dir / "metrics.jsonl"
+    summary = {"header": None, "train": None, "eval": None}
+    if not path.is_file():
+        print(f"warning: {path} not found; the model card will have no results")
+        return summary
+    try:
+        records = read_metrics(path)
+    except ValueError as error:
+        raise UploadError(f"{path} has a line that is not JSON ({error}): remove that line and rerun") from error
+    headers = [record for record in records if record["type"] == "header"]
+    summary["header"] = headers[-1] if headers else None
+    for kind in ("train", "eval"):
+        before = [record for record in latest_per_step(records, kind) if record["step"] <= step]
+        summary[kind] = before[-1] if before else None
+    return summary
+
+
+def source_dataset(data_dir: str) -> str | None:
+    """The Hub dataset the token shards came from, for the card's metadata."""
+    try:
+        return (read_meta(data_dir).get("source") or {}).get("repo")
+    except ShardError:
+        # The shards often stay on the training node: recognise fineweb.py's folder for FineWeb-Edu.
+        return FINEWEB_EDU_REPO if Path(data_dir).name == Path(SOURCES["fineweb-edu"][1]).name else None
+
+
+# -----------------------------------------------------------------------------
+# The model card
+
+
+def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metrics: dict, num_params: int, has_plot: bool) -> str:
+    train_config, model_config = checkpoint["config"], checkpoint["model_config"]
+    step, tokens_seen = checkpoint["step"], checkpoint["tokens_seen"]
+    data = str(train_config.get("data", "unknown"))
+    dataset = source_dataset(data)
+    metadata = ModelCardData(
+        license="mit",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["gpt2", "nanogpt", "pretrained-from-scratch"],
+        datasets=[dataset] if dataset else None,
+    )
+    name = cfg.repo_id.split("/")[1]
+    data_text = f"[{dataset}](https://huggingface.co/datasets/{dataset}) (tokenized into `{data}`)" if dataset else f"`{data}`"
+    max_steps = train_config.get("max_steps")
+    progress = f" of the {max_steps:,} planned" if isinstance(max_steps, int) and step < max_steps else ""
+
+    lines = [
+        f"# {name}",
+        "",
+        f"A GPT-2 language model ({num_params / 1e6:.0f}M parameters: {model_config['n_layer']} layers, "
+        f"{model_config['n_head']} heads, {model_config['n_embd']}-dimensional embeddings, a context of "
+        f"{model_config['block_size']} tokens, GPT-2's tokenizer) trained from scratch with `train_gpt2.py`, "
+        "a reproduction of GPT-2 in the style of nanoGPT / build-nanogpt.",
+        "",
+        f"It is checkpoint `{checkpoint_path.name}`: {step:,} optimizer steps{progress}, "
+        f"{tokens_seen:,} training tokens, on {data_text}.",
+        "",
+        "## Results",
+        "",
+    ]
+    evaluation = metrics["eval"]
+    if evaluation is None:
+        lines.append("No evaluation was recorded in the run's metrics.jsonl up to this checkpoint.")
+    else:
+        lines += ["| metric | value | at step |", "| --- | --- | --- |"]
+        lines.append(f"| validation loss | {evaluation['val_loss']:.4f} | {evaluation['step']:,} |")
+        if metrics["train"] is not None:
+            lines.append(f"| training loss | {metrics['train']['train_loss']:.4f} | {metrics['train']['step']:,} |")
+        for key in ("hellaswag_acc_norm", "hellaswag_acc"):
+            value = evaluation.get(key)
+            lines.append(f"| HellaSwag {key.removeprefix('hellaswag_')} | {'not measured' if value is None else f'{value:.4f}'} | {evaluation['step']:,} |")
+        # OpenAI's GPT-2 124M on the same measures, so a reader can judge the figures at once.
+        references = f"HellaSwag acc_norm {GPT2_124M_HELLASWAG} with the same scoring (hellaswag.py)"
+        if dataset == FINEWEB_EDU_REPO:
+            references += f", validation loss {GPT2_124M_VAL_LOSS} on the same FineWeb-Edu validation shard (as build-nanogpt measured it)"
+        lines += ["", f"Validation loss is on held-out tokens of the training data. For comparison, OpenAI's GPT-2 124M: {references}."]
+    if has_plot:
+        lines += ["", "![Training and validation loss](loss.png)"]
+
+    lines += ["", "## Training", "", "The training configuration, as recorded in the checkpoint:", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {key} | `{value}` |" for key, value in train_config.items()]
+    header = metrics["header"]
+    if header is not None:
+        lines += ["", f"Code version `{header.get('git_commit')}`, torch {header.get('torch')}, on {header.get('device')}."]
+    if cfg.include_training_state:
+        lines += [
+            "",
+            f"`{TRAINING_DIR}/` holds the raw checkpoint (model, optimizer, data position and RNG state: "
+            "train_gpt2.py can resume from it) and the run's logs, metrics.jsonl among them.",
+        ]
+
+    revision = f", revision={json.dumps(cfg.revision)}" if cfg.revision else ""
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoTokenizer, GPT2LMHeadModel",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{cfg.repo_id}"{revision})',
+        f'model = GPT2LMHeadModel.from_pretrained("{cfg.repo_id}"{revision})',
+        "inputs = tokenizer(\"Hello, I'm a language model,\", return_tensors=\"pt\")",
+        "outputs = model.generate(**inputs, max_new_tokens=32, do_sample=True, top_k=50, pad_token_id=tokenizer.eos_token_id)",
+        "print(tokenizer.decode(outputs[0], skip_special_tokens=True))",
+        "```",
+        "",
+        "## Limitations",
+        "",
+        "A small base model: it continues text and was not tuned to follow instructions or to be safe. "
+        "What it writes is fluent but often false, and it reflects the biases of its web training data.",
+    ]
+    return f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
+
+
+# -----------------------------------------------------------------------------
+# Export, verification and upload
+
+
+def verify_export(reference: GPT, folder: Path, checkpoint_path: Path) -> GPT:
+    """The exported folder reloaded, after checking it gives the checkpoint's logits."""
+    try:
+        reloaded = GPT.from_pretrained(folder).eval()
+    except (OSError, ValueError) as error:
+        raise UploadError(f"the exported folder does not reload ({error}): model.py's save_pretrained is broken; nothing was uploaded") from error
+    cfg = reference.config
+    # Any tensor lost, transposed or misnamed in the export changes the logits of a random batch.
+    tokens = torch.randint(0, cfg.vocab_size, (2, min(cfg.block_size, 64)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, _ = reference(tokens)
+        actual, _ = reloaded(tokens)
+    diff = (expected - actual).abs().max().item()
+    if not diff <= MAX_LOGIT_DIFF:  # `not <=` so that NaN fails too
+        raise UploadError(
+            f"the exported folder's logits differ from {checkpoint_path}'s by up to {diff:.3g} (allowed {MAX_LOGIT_DIFF}): "
+            "model.py's save_pretrained is broken; nothing was uploaded"
+        )
+    print(f"verified: the export reloads to the checkpoint's logits (max abs difference {diff:.2g})")
+    return reloaded
+
+
+def export(cfg: UploadConfig, checkpoint_path: Path, log_dir: Path, folder: Path) -> dict:
+    """Write the folder to upload into `folder` (new and empty) and verify it; returns the checkpoint's metadata."""
+    checkpoint, model = read_checkpoint(checkpoint_path)
+    print(f"checkpoint {checkpoint_path}: step {checkpoint['step']:,}, {checkpoint['tokens_seen']:,} tokens seen")
+    metrics = run_record(log_dir, checkpoint["step"])
+    try:
+        model.save_pretrained(folder)
+    except (ValueError, RuntimeError) as error:  # bias=False, a foreign vocabulary, no tokenizer files
+        raise UploadError(f"--checkpoint {checkpoint_path} cannot be exported to transformers' GPT-2: {error}") from error
+    # The card counts the exported model's parameters: without the checkpoint's vocabulary padding.
+    num_params = verify_export(model, folder, checkpoint_path).num_params()
+    plot = log_dir / "loss.png"
+    if plot.is_file():
+        shutil.copyfile(plot, folder / "loss.png")
+    card = model_card(cfg, checkpoint, checkpoint_path, metrics, num_params, plot.is_file())
+    (folder / "README.md").write_text(card)
+    if cfg.include_training_state:
+        copy_training_state(checkpoint_path, log_dir, folder / TRAINING_DIR)
+    (folder / EXPORT_MARKER).write_text(f"written by upload_hf.py from {checkpoint_path}; a rerun with this --out replaces the folder\n")
+    return checkpoint
+
+
+def copy_training_state(checkpoint_path: Path, log_dir: Path, target: Path) -> None:
+    """The checkpoint and the log folder's other files (metrics.jsonl, loss.png, ...), but not its
+    other checkpoints, temporary files or subfolders."""
+    target.mkdir()
+    other_checkpoints = set(list_checkpoints(log_dir))
+    for path in sorted(log_dir.iterdir()):
+        if path.is_file() and path not in other_checkpoints and not path.name.startswith(".") and ".tmp" not in path.suffixes:
+            shutil.copyfile(path, target / path.name)  # a snapshot: a running trainer appends to these
+    # A checkpoint with its optimizer state is ~1.5 GB at GPT-2 124M: hard-link it where possible.
+    # train_gpt2.py never rewrites a checkpoint in place (it renames a new file over it), so the
+    # link keeps this version.
+    try:
+        os.link(checkpoint_path, target / checkpoint_path.name)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(checkpoint_path, target / checkpoint_path.name)
+
+
+def install(staging: Path, out: Path) -> None:
+    """Move the verified export into --out, moving aside (or, for a previous export, deleting) what was there."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    elif out.is_dir() and (out / EXPORT_MARKER).is_file():
+        old = staging.with_name(staging.name + ".old")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+        return
+    elif out.is_dir():  # --overwrite-out, checked before the export started
+        backup = out.with_name(f"{out.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(backup)
+        print(f"moved the previous contents of --out {out} to {backup}")
+    staging.rename(out)
+
+
+def upload(cfg: UploadConfig, token: str, folder: Path, checkpoint_path: Path, checkpoint: dict) -> None:
+    message = cfg.commit_message or (
+        f"Upload GPT-2 from {checkpoint_path.name} (step {checkpoint['step']:,}, {checkpoint['tokens_seen']:,} tokens)"
+    )
+    api = HfApi(token=token)
+    try:
+        # private only applies when the repo is created; an existing repo keeps its visibility.
+        url = api.create_repo(cfg.repo_id, private=cfg.private, exist_ok=True)
+        if cfg.revision:
+            api.create_branch(cfg.repo_id, branch=cfg.revision, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=cfg.repo_id,
+            folder_path=folder,
+            commit_message=message,
+            revision=cfg.revision,
+            ignore_patterns=[EXPORT_MARKER],
+        )
+    except HfHubHTTPError as error:  # 401: bad token; 403: no write access to the namespace
+        raise UploadError(f"the Hub refused the upload to {cfg.repo_id}: {error}") from error
+    print(f"uploaded {folder} to {url}: {commit.commit_url}")
+
+
+def run(cfg: UploadConfig) -> None:
+    check_repo_id(cfg.repo_id)
+    token = None if cfg.dry_run else find_token()
+    if cfg.dry_run and cfg.out is None:
+        raise UploadError("--dry-run needs --out DIR: the folder it writes is the only thing it produces")
+    checkpoint_path, log_dir = resolve_paths(cfg)
+    out = Path(cfg.out) if cfg.out is not None else None
+    if out is not None:
+        check_out_dir(out, cfg.overwrite_out, [checkpoint_path, log_dir])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside --out, so that a failed export leaves --out as it was and the final move is a rename.
+        staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed mid-export
+        staging.mkdir()
+    else:
+        staging = Path(tempfile.mkdtemp(prefix="upload_hf-"))
+    try:
+        checkpoint = export(cfg, checkpoint_path, log_dir, staging)
+        folder = staging
+        if out is not None:
+            install(staging, out)
+            folder = out
+            print(f"wrote the export to {out}")
+        if cfg.dry_run:
+            print(f"dry run: nothing uploaded; {out / 'README.md'} is the model card that would be published")
+            return
+        upload(cfg, token, folder, checkpoint_path, checkpoint)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was moved into --out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo-id", required=True, help="Hub repository to create or update, namespace/name")
+    parser.add_argument("--log-dir", help=f"train_gpt2.py's log folder: checkpoints, metrics.jsonl, loss.png (default: the --checkpoint's folder, else {TrainConfig.log_dir})")
+    parser.add_argument("--checkpoint", help="checkpoint to publish (default: the newest ckpt_NNNNNN.pt in --log-dir)")
+    parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=UploadConfig.private,
+                        help="create the repo private, or public with --no-private (default: the Hub's default; an existing repo keeps its visibility)")
+    parser.add_argument("--revision", help="branch to commit to, created if missing (default: the repo's default branch)")
+    parser.add_argument("--commit-message", help="commit message (default: names the checkpoint, its step and tokens)")
+    parser.add_argument("--include-training-state", action=argparse.BooleanOptionalAction, default=UploadConfig.include_training_state,
+                        help=f"also upload the raw checkpoint and the log folder's files under {TRAINING_DIR}/")
+    parser.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=UploadConfig.dry_run,
+                        help="write the folder to --out and check everything, but upload nothing (needs no token)")
+    parser.add_argument("--out", help="keep the exported folder here (default: a temporary folder, deleted after the upload)")
+    parser.add_argument("--overwrite-out", action=argparse.BooleanOptionalAction, default=UploadConfig.overwrite_out,
+                        help="replace a non-empty --out that upload_hf.py did not write; its contents move to a .backup folder beside it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = UploadConfig(**vars(build_parser().parse_args(argv)))
+    print(f"upload_hf.py config: {json.dumps(asdict(cfg))}")
+    try:
+        run(cfg)
+    except UploadError as error:
+        print(f"upload_hf.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
