@@ -468,25 +468,26 @@ def plot_metrics(log_dir: Path) -> Path:
 
 
 def rng_state() -> dict:
-    """Every random generator's state, in types torch.load(weights_only=True) accepts."""
+    """Every random generator's state, as plain Python values: they pass through all_gather_object
+    and torch.load(weights_only=True) alike."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state().numpy().tobytes(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()  # this rank's current device
+        state["cuda"] = torch.cuda.get_rng_state().numpy().tobytes()  # this rank's current device
     return state
 
 
 def set_rng_state(state: dict):
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.frombuffer(bytearray(state["torch"]), dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8))
 
 
 def save_checkpoint(path: Path, checkpoint: dict):

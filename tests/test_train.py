@@ -24,6 +24,16 @@ def data_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def counting_dir(tmp_path_factory):
+    """Shards whose windows are all different (counting upwards), so the order of reads can be checked."""
+    root = tmp_path_factory.mktemp("counting")
+    (root / "numbers.txt").write_text(" ".join(str(i) for i in range(40_000)))
+    assert fineweb.main(["--input", str(root / "numbers.txt"), "--val-tokens", "5000", "--shard-size", "30000",
+                         "--out", str(root / "shards"), "--workers", "1"]) == 0
+    return root / "shards"
+
+
 def tiny_args(data_dir, log_dir, *extra):
     """A run of a few seconds: the tiny model on 128 tokens per micro-step."""
     return ["--preset", "smoke", "--data", str(data_dir), "--log-dir", str(log_dir), "--device", "cpu",
@@ -74,7 +84,8 @@ def test_batch_that_does_not_divide_names_the_flags():
 # Data loader
 
 
-def test_loader_ranks_are_disjoint_and_cover_every_window_once(data_dir):
+def test_loader_ranks_are_disjoint_and_cover_every_window_once(counting_dir):
+    data_dir = counting_dir
     def windows(loader, n):
         return [tuple(map(tuple, loader.next_batch()[0].tolist())) for _ in range(n)]
 
@@ -242,3 +253,13 @@ def test_ddp_two_processes_match_one_with_accumulation(data_dir, tmp_path):
     expected, got = train_losses(single), train_losses(ddp)
     assert sorted(got) == list(range(1, 7))
     assert max(abs(expected[s] - got[s]) for s in expected) <= 1e-5
+
+
+def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
+    import random
+
+    state = train_gpt2.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(3).tolist())
+    torch.save({"rng": [state]}, tmp_path / "rng.pt")
+    train_gpt2.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"][0])
+    assert (random.random(), np.random.rand(), torch.rand(3).tolist()) == expected
