@@ -1,0 +1,252 @@
+"""Sample text from GPT-2: OpenAI's weights, a Hugging Face folder, or a train_gpt2.py checkpoint.
+
+    python generate.py --prompt "Hello, I'm a language model," --num-samples 5 --max-new-tokens 30
+    python generate.py --model log/model_19072.pt --prompt-file prompt.txt --stream
+    python generate.py --bench --bench-preset gpt2      # KV cache against recomputation, offline
+
+Sampling lives in model.py (GPT.generate), shared with the samples train_gpt2.py prints; this
+script only encodes prompts, calls it and prints the text. All samples of a prompt are one batch,
+and the sampling generator is seeded afresh for every prompt, so the same seed gives the same
+text whatever other prompts are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from model import EOT_TOKEN, GPT, PRESETS, GPTConfig, get_tokenizer, load_model
+from train_gpt2 import autocast_context, resolve_device
+
+DEFAULT_PROMPT = "Hello, I'm a language model,"
+SEPARATOR = "-" * 40  # printed after every sample
+
+
+@dataclass
+class GenerateConfig:
+    model: str = "gpt2"  # Hub name (gpt2, gpt2-medium, ...), Hugging Face folder, or train_gpt2.py checkpoint
+    prompt: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])  # "" starts from <|endoftext|>
+    prompt_file: str | None = None  # one prompt: the file's whole text
+    num_samples: int = 1  # samples per prompt, generated as one batch
+    max_new_tokens: int = 100
+    temperature: float = 1.0  # 0: greedy
+    top_k: int | None = 50  # sample among the k most likely tokens (None, from Python only: all)
+    top_p: float | None = None  # nucleus sampling; None: off
+    seed: int = 1337
+    device: str | None = None  # None: cuda, then mps, then cpu
+    stream: bool = False  # print tokens as they are produced
+    stop: bool = True  # end a sample at <|endoftext|>
+    kv_cache: bool = True
+    bench: bool = False  # time generation with and without the KV cache instead of printing samples
+    bench_preset: str | None = None  # benchmark a randomly initialised model of this size instead of --model
+    bench_tokens: int = 256
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, got {text}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> GenerateConfig:
+    defaults = GenerateConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-m", "--model", default=defaults.model,
+                        help="a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face folder, or a train_gpt2.py checkpoint")
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", action="append",
+                         help="text to continue; repeat for several prompts; an empty one starts from <|endoftext|> "
+                              f"(default: {DEFAULT_PROMPT!r})")
+    prompts.add_argument("--prompt-file", help="continue this file's whole text")
+    parser.add_argument("--num-samples", type=_positive_int, default=defaults.num_samples,
+                        help="samples per prompt, generated as one batch")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=defaults.max_new_tokens,
+                        help="tokens to generate per sample, at most")
+    parser.add_argument("--temperature", type=_temperature, default=defaults.temperature,
+                        help="softmax temperature; 0 picks the most likely token (greedy)")
+    parser.add_argument("--top-k", type=_positive_int, default=defaults.top_k,
+                        help="sample among the K most likely tokens only (50257 or more: no limit)")
+    parser.add_argument("--top-p", type=_top_p, default=defaults.top_p,
+                        help="nucleus sampling: sample among the most likely tokens whose probabilities add up to P")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds sampling, and --bench-preset's initialisation")
+    parser.add_argument("-d", "--device", default=defaults.device, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=defaults.stream,
+                        help="print tokens as they are produced")
+    parser.add_argument("--stop", action=argparse.BooleanOptionalAction, default=defaults.stop,
+                        help="end each sample at <|endoftext|> (--no-stop: generate all --max-new-tokens and print the marker)")
+    parser.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=defaults.kv_cache,
+                        help="reuse attention keys and values across steps (--no-kv-cache: recompute the whole sequence every step)")
+    parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=defaults.bench,
+                        help="time --bench-tokens new tokens with and without the KV cache, and print the speed-up")
+    parser.add_argument("--bench-preset", choices=list(PRESETS), default=defaults.bench_preset,
+                        help="with --bench: a randomly initialised model of this size instead of --model (runs offline)")
+    parser.add_argument("--bench-tokens", type=_positive_int, default=defaults.bench_tokens, help="with --bench: new tokens to time")
+    args = parser.parse_args(argv)
+    if args.bench_preset is not None and not args.bench:
+        parser.error("--bench-preset only applies to --bench")
+    if args.stream and args.num_samples > 1:
+        parser.error("--stream prints one sample as it is produced; use it with --num-samples 1")
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            parser.error(f"--prompt-file {path}: no such file")
+        args.prompt = [path.read_text(encoding="utf-8")]
+    elif args.prompt is None:
+        args.prompt = list(defaults.prompt)
+    return GenerateConfig(**vars(args))
+
+
+def encode_prompt(prompt: str, enc, block_size: int) -> list[int]:
+    """Prompt tokens; an empty prompt is <|endoftext|>, the token every GPT-2 document follows.
+
+    A prompt longer than the model's context keeps its last block_size tokens, and says so.
+    """
+    tokens = enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [EOT_TOKEN]
+    if len(tokens) > block_size:
+        print(f"prompt of {len(tokens)} tokens is longer than the model's block_size={block_size}: keeping its last {block_size} tokens",
+              file=sys.stderr)
+        tokens = tokens[-block_size:]
+    return tokens
+
+
+def decode_completion(tokens: list[int], enc, stop: bool) -> str:
+    """The text of generated tokens, cut at the first <|endoftext|> when `stop`."""
+    if stop and EOT_TOKEN in tokens:
+        tokens = tokens[: tokens.index(EOT_TOKEN)]
+    return enc.decode(tokens)
+
+
+def stream_sample(model: GPT, idx: torch.Tensor, config: GenerateConfig, enc, **sampling) -> str:
+    """Print the one sample of idx (1, T) token by token; return its text."""
+    # A character can span several tokens (GPT-2's tokens are bytes): decoding the byte stream
+    # incrementally prints each character once complete, and gives exactly what
+    # enc.decode(all tokens) gives.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces = []
+    for token in model.generate_tokens(idx, config.max_new_tokens, **sampling):
+        token = token.item()
+        if config.stop and token == EOT_TOKEN:
+            break
+        pieces.append(decoder.decode(enc.decode_single_token_bytes(token)))
+        print(pieces[-1], end="", flush=True)
+    pieces.append(decoder.decode(b"", final=True))
+    print(pieces[-1])
+    return "".join(pieces)
+
+
+def generate_text(model: GPT, config: GenerateConfig, device: torch.device) -> list[list[str]]:
+    """Print num_samples continuations of every prompt, each followed by SEPARATOR; return them."""
+    enc = get_tokenizer()
+    texts = []
+    for prompt in config.prompt:
+        tokens = encode_prompt(prompt, enc, model.config.block_size)
+        idx = torch.tensor([tokens] * config.num_samples, dtype=torch.long, device=device)  # (num_samples, T)
+        sampling = dict(
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            generator=torch.Generator(device=device).manual_seed(config.seed),
+            use_kv_cache=config.kv_cache,
+        )
+        with autocast_context(device):
+            if config.stream:
+                print(prompt, end="", flush=True)
+                completions = [stream_sample(model, idx, config, enc, **sampling)]
+                print(SEPARATOR)
+            else:
+                out = model.generate(idx, config.max_new_tokens, stop_token=EOT_TOKEN if config.stop else None, **sampling)
+                completions = [decode_completion(row, enc, config.stop) for row in out[:, len(tokens) :].tolist()]
+                for completion in completions:
+                    print(prompt + completion)
+                    print(SEPARATOR)
+        texts.append([prompt + completion for completion in completions])
+    return texts
+
+
+def _synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(model: GPT, config: GenerateConfig, device: torch.device) -> dict:
+    """Time config.bench_tokens new tokens with and without the KV cache; print and return the timings."""
+    enc = get_tokenizer()
+    tokens = encode_prompt(config.prompt[0], enc, model.config.block_size)
+    idx = torch.tensor([tokens] * config.num_samples, dtype=torch.long, device=device)
+    total_tokens = len(tokens) + config.bench_tokens
+    if total_tokens > model.config.block_size:
+        print(f"bench: {total_tokens} tokens exceed block_size={model.config.block_size}; the steps past it recompute "
+              "even with the KV cache, so the speed-up understates it", file=sys.stderr)
+
+    def run(use_kv_cache: bool, max_new_tokens: int) -> float:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+        _synchronize(device)
+        start = time.perf_counter()
+        with autocast_context(device):
+            # No stop token: every run generates exactly max_new_tokens.
+            model.generate(idx, max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                           generator=generator, use_kv_cache=use_kv_cache)
+        _synchronize(device)
+        return (time.perf_counter() - start) * 1000
+
+    # Warm-up (allocations, kernel selection, thread pools) stays out of the timings.
+    run(True, 8)
+    run(False, 8)
+    cached_ms = run(True, config.bench_tokens)
+    recompute_ms = run(False, config.bench_tokens)
+    name = config.bench_preset or config.model
+    kind = "randomly initialised" if config.bench_preset else "loaded"
+    print(f"bench: {name} ({kind}, {model.num_params() / 1e6:.1f}M parameters) on {device}, "
+          f"batch {config.num_samples}, prompt {len(tokens)} tokens, {config.bench_tokens} new tokens")
+    print(f"with KV cache:    {cached_ms:9.1f} ms ({cached_ms / config.bench_tokens:7.2f} ms/token)")
+    print(f"without KV cache: {recompute_ms:9.1f} ms ({recompute_ms / config.bench_tokens:7.2f} ms/token)")
+    print(f"KV cache speed-up: {recompute_ms / cached_ms:.2f}x")
+    return {"cached_ms": cached_ms, "recompute_ms": recompute_ms, "speedup": recompute_ms / cached_ms}
+
+
+def build_model(config: GenerateConfig) -> GPT:
+    if config.bench_preset is not None:
+        return GPT(GPTConfig.from_preset(config.bench_preset), seed=config.seed)
+    try:
+        return load_model(config.model)
+    except (OSError, ValueError) as e:
+        hint = ""
+        if config.bench:
+            hint = "; to benchmark offline, --bench-preset gpt2 builds a randomly initialised model of GPT-2 124M's size"
+        raise SystemExit(f"--model {config.model}: could not load it ({e}){hint}") from None
+
+
+def main(argv: list[str] | None = None):
+    config = parse_args(argv)
+    print(f"generate config: {json.dumps(asdict(config))}", file=sys.stderr)  # stdout carries only the text
+    device = resolve_device(config.device)
+    model = build_model(config).to(device).eval()
+    if config.bench:
+        return bench(model, config, device)
+    return generate_text(model, config, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+import pytest
+import torch
+
+import generate
+from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
+
+BLOCK_SIZE = 64
+
+
+def tiny_model() -> GPT:
+    return GPT(GPTConfig(block_size=BLOCK_SIZE, n_layer=2, n_head=4, n_embd=64), seed=0).eval()
+
+
+def save_checkpoint(m: GPT, path):
+    # The part of train_gpt2.py's checkpoint format that model.load_model reads.
+    torch.save({"model": m.state_dict(), "model_config": m.config.to_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_checkpoint(tiny_model(), tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+def eot_model() -> GPT:
+    """A model whose next-token distribution ignores its input: <|endoftext|> gets logit 1 and
+    every other token about 0, so with --top-k 5 it ends a sample with probability ~0.4 per step."""
+    m = tiny_model()
+    direction = torch.zeros(m.config.n_embd)
+    direction[0] = 1.0
+    with torch.no_grad():
+        m.transformer.ln_f.weight.zero_()
+        m.transformer.ln_f.bias.copy_(direction)  # every position's final hidden state
+        m.transformer.wte.weight[EOT_TOKEN] = direction  # tied to lm_head: EOT's logit is 1
+    return m
+
+
+def run(capsys, *args):
+    """main(args) -> (returned texts, stdout, stderr)."""
+    texts = generate.main(list(args))
+    captured = capsys.readouterr()
+    return texts, captured.out, captured.err
+
+
+def greedy_text(m: GPT, tokens: list[int], max_new_tokens: int) -> str:
+    out = m.generate(torch.tensor([tokens]), max_new_tokens, temperature=0)
+    return get_tokenizer().decode(out[0, len(tokens) :].tolist())
+
+
+def test_same_seed_same_output(checkpoint, capsys):
+    args = ("-m", checkpoint, "--prompt", "Once upon a time", "--max-new-tokens", "20", "-d", "cpu")
+    first, first_out, _ = run(capsys, *args, "--seed", "3")
+    again, again_out, _ = run(capsys, *args, "--seed", "3")
+    other, _, _ = run(capsys, *args, "--seed", "4")
+    assert first == again and first_out == again_out
+    assert first != other
+    # Seeded per prompt: a prompt's samples do not depend on the prompts before it.
+    both, _, _ = run(capsys, "-m", checkpoint, "--prompt", "Elsewhere", *args[2:], "--seed", "3")
+    assert both[1] == first[0]
+
+
+def test_greedy_with_and_without_kv_cache_is_identical(checkpoint, capsys):
+    # 80 new tokens run past block_size=64, where the cached path falls back to recomputing.
+    args = ("-m", checkpoint, "--prompt", "The", "--temperature", "0", "--max-new-tokens", "80", "--no-stop", "-d", "cpu")
+    cached, cached_out, _ = run(capsys, *args)
+    recomputed, recomputed_out, _ = run(capsys, *args, "--no-kv-cache")
+    assert cached == recomputed and cached_out == recomputed_out
+    assert cached[0][0] == "The" + greedy_text(tiny_model(), get_tokenizer().encode("The"), 80)
+
+
+def test_all_samples_of_a_prompt_are_one_batch(checkpoint, capsys, monkeypatch):
+    batch_shapes = []
+    original = GPT.generate
+
+    def spy(self, idx, *args, **kwargs):
+        batch_shapes.append(tuple(idx.shape))
+        return original(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "generate", spy)
+    texts, out, _ = run(capsys, "-m", checkpoint, "--prompt", "One", "--prompt", "Two words", "--num-samples", "3",
+                        "--max-new-tokens", "10", "--seed", "5", "-d", "cpu")
+    assert batch_shapes == [(3, 1), (3, 2)]
+    assert [len(samples) for samples in texts] == [3, 3] and len(set(texts[0])) == 3
+    assert out.count(generate.SEPARATOR + "\n") == 6
+    # Row i of the batch is what one batched call with the same seeded generator gives.
+    m = tiny_model()
+    rows = original(m, torch.tensor([get_tokenizer().encode("One")] * 3), 10, temperature=1.0, top_k=50,
+                    generator=torch.Generator().manual_seed(5))
+    assert texts[0] == ["One" + generate.decode_completion(row, get_tokenizer(), stop=True) for row in rows[:, 1:].tolist()]
+
+
+def test_long_prompt_keeps_its_last_block_size_tokens(checkpoint, capsys):
+    prompt = " ".join(f"word{i}" for i in range(100))
+    tokens = get_tokenizer().encode(prompt)
+    assert len(tokens) > BLOCK_SIZE
+    texts, _, err = run(capsys, "-m", checkpoint, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "5", "--no-stop",
+                        "-d", "cpu")
+    assert f"prompt of {len(tokens)} tokens is longer than the model's block_size=64: keeping its last 64 tokens" in err
+    assert texts[0][0] == prompt + greedy_text(tiny_model(), tokens[-BLOCK_SIZE:], 5)
+
+
+def test_empty_prompt_starts_from_end_of_text(checkpoint, capsys):
+    texts, _, _ = run(capsys, "-m", checkpoint, "--prompt", "", "--temperature", "0", "--max-new-tokens", "12", "--no-stop", "-d", "cpu")
+    assert texts[0][0] == greedy_text(tiny_model(), [EOT_TOKEN], 12)
+
+
+def test_stream_prints_the_same_text(tmp_path, checkpoint, capsys):
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("Café au lait, s'il vous plaît:\n")
+    eot_checkpoint = save_checkpoint(eot_model(), tmp_path / "eot.pt")
+    for model_path, extra in ((checkpoint, ()), (eot_checkpoint, ("--top-k", "5")), (eot_checkpoint, ("--top-k", "5", "--no-stop"))):
+        for prompt_args in (("--prompt-file", str(prompt_file)), ("--prompt", "x", "--prompt", "")):
+            args = ("-m", model_path, *prompt_args, "--max-new-tokens", "40", "--seed", "11", "-d", "cpu", *extra)
+            batched, batched_out, _ = run(capsys, *args)
+            streamed, streamed_out, _ = run(capsys, *args, "--stream")
+            assert streamed == batched and streamed_out == batched_out
+
+
+def test_stream_prints_a_character_split_over_tokens_once(capsys):
+    enc = get_tokenizer()
+    # "é" is two bytes; as two single-byte tokens, decoding token by token would print two
+    # replacement characters.
+    tokens = [*enc.encode("Caf"), enc.encode_single_token(b"\xc3"), enc.encode_single_token(b"\xa9")]
+
+    class Scripted:
+        def generate_tokens(self, idx, max_new_tokens, **sampling):
+            return iter(torch.tensor([t]) for t in tokens)
+
+    config = generate.GenerateConfig(max_new_tokens=3)
+    assert generate.stream_sample(Scripted(), torch.tensor([[EOT_TOKEN]]), config, enc) == "Café"
+    assert capsys.readouterr().out == "Café\n"
+
+
+def test_stops_at_end_of_text_unless_no_stop(tmp_path, capsys):
+    model_path = save_checkpoint(eot_model(), tmp_path / "eot.pt")
+    for seed in range(20):
+        args = ("-m", model_path, "--prompt", "Hi", "--top-k", "5", "--max-new-tokens", "30", "--seed", str(seed), "-d", "cpu")
+        (unstopped,), _, _ = run(capsys, *args, "--no-stop")
+        if not unstopped[0].startswith("Hi<|endoftext|>"):
+            break  # a seed whose sample has text before its first <|endoftext|>
+    assert "<|endoftext|>" in unstopped[0]
+    (stopped,), out, _ = run(capsys, *args)
+    assert stopped[0] == unstopped[0].split("<|endoftext|>")[0] and len(stopped[0]) > len("Hi")
+    assert "<|endoftext|>" not in out
+
+
+def test_loads_a_checkpoint_and_a_hugging_face_folder(tmp_path, checkpoint, capsys):
+    m = tiny_model()
+    folder = m.save_pretrained(tmp_path / "hf")
+    expected = "Hello" + greedy_text(m, get_tokenizer().encode("Hello"), 15)
+    for model_path in (checkpoint, str(folder)):
+        texts, _, _ = run(capsys, "-m", model_path, "--prompt", "Hello", "--temperature", "0", "--max-new-tokens", "15", "--no-stop",
+                          "-d", "cpu")
+        assert texts == [[expected]]
+    with pytest.raises(SystemExit, match=r"--model .*nope\.pt: could not load it"):
+        generate.main(["-m", str(tmp_path / "nope.pt")])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--temperature", "-0.5"],
+        ["--temperature", "nan"],
+        ["--top-k", "0"],
+        ["--top-p", "0"],
+        ["--top-p", "1.5"],
+        ["--num-samples", "0"],
+        ["--max-new-tokens", "0"],
+        ["--stream", "--num-samples", "2"],
+        ["--bench-preset", "gpt2"],
+        ["--prompt", "a", "--prompt-file", "b.txt"],
+        ["--prompt-file", "/nonexistent/prompt.txt"],
+    ],
+)
+def test_bad_flags_are_argparse_errors(args, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        generate.parse_args(args)
+    assert excinfo.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_sampling_flags_reach_the_config():
+    config = generate.parse_args(["--temperature", "0", "--top-k", "1", "--top-p", "1", "--no-stop", "--no-kv-cache"])
+    assert (config.temperature, config.top_k, config.top_p, config.stop, config.kv_cache) == (0.0, 1, 1.0, False, False)
+    assert generate.parse_args([]).prompt == [generate.DEFAULT_PROMPT]
+
+
+def test_bench_on_a_tiny_preset(tmp_path, capsys):
+    timings = generate.main(["--bench", "--bench-preset", "tiny", "--bench-tokens", "4", "-d", "cpu"])
+    assert timings["cached_ms"] > 0 and timings["recompute_ms"] > 0
+    out = capsys.readouterr().out
+    assert "bench: tiny (randomly initialised" in out and f"KV cache speed-up: {timings['speedup']:.2f}x" in out
+    # A model that cannot be loaded is an error that points to --bench-preset, never a silent stand-in.
+    with pytest.raises(SystemExit, match="--bench-preset gpt2 builds a randomly initialised model"):
+        generate.main(["--bench", "-m", str(tmp_path / "missing.pt")])
