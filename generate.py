@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from model import EOT_TOKEN, GPT, PRESETS, GPTConfig, get_tokenizer, load_model
+from model import EOT_TOKEN, GPT, PRESETS, GPTConfig, decode_completion, get_tokenizer, load_model
 from train_gpt2 import autocast_context, resolve_device
 
 DEFAULT_PROMPT = "Hello, I'm a language model,"
@@ -131,13 +131,6 @@ def encode_prompt(prompt: str, enc, block_size: int) -> list[int]:
     return tokens
 
 
-def decode_completion(tokens: list[int], enc, stop: bool) -> str:
-    """The text of generated tokens, cut at the first <|endoftext|> when `stop`."""
-    if stop and EOT_TOKEN in tokens:
-        tokens = tokens[: tokens.index(EOT_TOKEN)]
-    return enc.decode(tokens)
-
-
 def stream_sample(model: GPT, idx: torch.Tensor, config: GenerateConfig, enc, **sampling) -> str:
     """Print the one sample of idx (1, T) token by token; return its text."""
     # A character can span several tokens (GPT-2's tokens are bytes): decoding the byte stream
@@ -177,7 +170,7 @@ def generate_text(model: GPT, config: GenerateConfig, device: torch.device) -> l
                 print(SEPARATOR)
             else:
                 out = model.generate(idx, config.max_new_tokens, stop_token=EOT_TOKEN if config.stop else None, **sampling)
-                completions = [decode_completion(row, enc, config.stop) for row in out[:, len(tokens) :].tolist()]
+                completions = [decode_completion(row, config.stop) for row in out[:, len(tokens) :].tolist()]
                 for completion in completions:
                     print(prompt + completion)
                     print(SEPARATOR)

@@ -300,12 +300,13 @@ class GPT(nn.Module):
         return 6 * self.num_params(exclude_position_embeddings=True) + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy or None).
 
         Targets equal to -1 are ignored by the loss. With a `cache`, idx holds only the new
-        tokens, which follow the cache's positions; the caller advances `cache.pos`.
+        tokens, which follow the cache's positions; the caller advances `cache.pos`. `last_only`
+        computes the logits of the last position only (B, 1, vocab_size), all that sampling needs.
         """
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
@@ -316,6 +317,8 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cache)
         x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]  # the vocabulary projection is the largest matmul: skip it where unused
         logits = self.lm_head(x)  # (B, T, padded_vocab_size)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # padded rows are never scored or sampled
@@ -358,16 +361,21 @@ class GPT(nn.Module):
         """
         block_size = self.config.block_size
         idx = idx[:, -block_size:]
-        cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if use_kv_cache else None
+        cache = None
+        if use_kv_cache:
+            # Under autocast the keys and values come out in the autocast dtype (bf16): store them so.
+            device_type = idx.device.type
+            dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else self.lm_head.weight.dtype
+            cache = KVCache(self.config, idx.size(0), idx.device, dtype)
         for _ in range(max_new_tokens):
             if cache is not None and cache.pos == 0:  # the prompt, in one pass
-                logits, _ = self(idx, cache=cache)
+                logits, _ = self(idx, cache=cache, last_only=True)
                 cache.pos = idx.size(1)
             elif cache is not None and cache.pos < block_size:  # only the newest token
-                logits, _ = self(idx[:, -1:], cache=cache)
+                logits, _ = self(idx[:, -1:], cache=cache, last_only=True)
                 cache.pos += 1
             else:
-                logits, _ = self(idx[:, -block_size:])
+                logits, _ = self(idx[:, -block_size:], last_only=True)
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
             idx = torch.cat((idx, next_token[:, None]), dim=1)
             yield next_token
@@ -484,8 +492,19 @@ class GPT(nn.Module):
         if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
             raise ValueError(f"{path} is not a train_gpt2.py checkpoint: it lacks 'model' and 'model_config'")
         model = cls(GPTConfig.from_dict(checkpoint["model_config"]))
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as e:
+            first_problem = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise ValueError(f"{path}: the weights do not fit its model_config ({first_problem})") from e
         return model
+
+
+def decode_completion(tokens: list[int], stop: bool = True) -> str:
+    """The text of generated tokens, cut at the first <|endoftext|> when `stop`."""
+    if stop and EOT_TOKEN in tokens:
+        tokens = tokens[: tokens.index(EOT_TOKEN)]
+    return get_tokenizer().decode(tokens)
 
 
 def sample_next_token(

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
 from fineweb import ShardError, list_shards, load_shard
-from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
+from model import EOT_TOKEN, GPT, GPTConfig, decode_completion, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # Devices and distributed plumbing, shared by every script that runs a model.
@@ -553,13 +553,7 @@ def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device) -> list
     with autocast_context(device):
         out = raw_model.generate(prompt, cfg.sample_tokens, stop_token=EOT_TOKEN, top_k=50, generator=generator)
     raw_model.train()
-    texts = []
-    for row in out.tolist():
-        new = row[prompt.size(1):]
-        if EOT_TOKEN in new:
-            new = new[: new.index(EOT_TOKEN)]
-        texts.append(cfg.sample_prompt + enc.decode(new))
-    return texts
+    return [cfg.sample_prompt + decode_completion(row[prompt.size(1):]) for row in out.tolist()]
 
 
 def hellaswag_examples(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> list[dict] | None:

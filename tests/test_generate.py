@@ -86,7 +86,7 @@ def test_all_samples_of_a_prompt_are_one_batch(checkpoint, capsys, monkeypatch):
     m = tiny_model()
     rows = original(m, torch.tensor([get_tokenizer().encode("One")] * 3), 10, temperature=1.0, top_k=50,
                     generator=torch.Generator().manual_seed(5))
-    assert texts[0] == ["One" + generate.decode_completion(row, get_tokenizer(), stop=True) for row in rows[:, 1:].tolist()]
+    assert texts[0] == ["One" + generate.decode_completion(row, stop=True) for row in rows[:, 1:].tolist()]
 
 
 def test_long_prompt_keeps_its_last_block_size_tokens(checkpoint, capsys):

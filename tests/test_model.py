@@ -229,3 +229,21 @@ def test_load_model_dispatch(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt is not a readable"):
         model.load_model(tmp_path / "junk.pt")
+
+
+def test_last_only_logits_equal_the_last_position():
+    m = small_model()
+    x = random_tokens(2, 10)
+    full, _ = m(x)
+    last, _ = m(x, last_only=True)
+    assert last.shape == (2, 1, 50257)
+    assert torch.allclose(last, full[:, -1:], atol=1e-6)
+
+
+def test_checkpoint_with_wrong_weights_names_the_file(tmp_path):
+    m = small_model()
+    state = m.state_dict()
+    state["transformer.ln_f.weight"] = torch.ones(3)
+    torch.save({"model": state, "model_config": m.config.to_dict()}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: the weights do not fit its model_config .*ln_f"):
+        GPT.from_checkpoint(tmp_path / "bad.pt")
