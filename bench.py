@@ -25,7 +25,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model import GPT, GPTConfig
-from train_gpt2 import device_name, peak_flops, resolve_device
+from train_gpt2 import PRESETS as TRAIN_PRESETS
+from train_gpt2 import TrainConfig, device_name, peak_flops, resolve_device
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ LADDER = [
     Rung("+ cuDNN attention", attention="cudnn"),
 ]
 ATTENTION_BACKENDS = {"math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
-PRESETS = {"gpt2": dict(model="gpt2", micro_batch=64, seq_len=1024), "smoke": dict(model="tiny", micro_batch=16, seq_len=128)}
+# The model and micro-batch of train_gpt2.py's presets, so the benchmark measures what a run does.
+PRESETS = {
+    name: {key: getattr(TrainConfig(**overrides), key) for key in ("model", "micro_batch", "seq_len")}
+    for name, overrides in TRAIN_PRESETS.items()
+}
 
 
 @dataclass
