@@ -1,18 +1,21 @@
-"""Any text corpus to GPT-2 token shards for pretraining: uint16 .npy files plus a meta.json.
+"""Any text corpus to token shards for pretraining: uint16 .npy files plus a meta.json.
 
     python fineweb.py                                        # FineWeb-Edu sample-10BT, streamed
     python fineweb.py --dataset pystdlib --max-tokens 2000000  # offline smoke corpus
     python fineweb.py --dataset tinyshakespeare
     python fineweb.py --input 'corpus/*.jsonl' --text-field content --out data/mine
     python fineweb.py --from-hub USER/REPO                   # ready-made shards from the Hub
+    python fineweb.py --dataset pystdlib --tokenizer data/tokenizers/pystdlib-8192.json --out data/pystdlib-bpe8k
     python fineweb.py --dataset pystdlib --bench             # tokens/s vs single-thread tiktoken
 
 Format (version 1): files `{name}_{split}_{index:06d}.npy` (index counts across both splits, as in
 build-nanogpt), each a 1-D uint16 array written with np.save. The token stream is every document
-preceded by <|endoftext|> (50256); its first --val-tokens tokens are the val split, the rest train,
-cut into shards of exactly --shard-size tokens (documents run across shard boundaries). meta.json
-records the source, tokenizer, settings and every shard, and is what train_gpt2.py reads through
-`list_shards` and `load_shard`. Rerunning the same command resumes after the last complete shard
+preceded by <|endoftext|> (50256 in GPT-2's vocabulary); its first --val-tokens tokens are the val
+split, the rest train, cut into shards of exactly --shard-size tokens (documents run across shard
+boundaries). meta.json records the source, tokenizer, settings and every shard, and is what
+train_gpt2.py reads through `read_meta`, `list_shards` and `load_shard`. The tokenizer is GPT-2's,
+or with --tokenizer a tokenizer.json from train_tokenizer.py; meta.json's "tokenizer" record holds
+its vocabulary size (the model's vocab_size), the hash of its vocabulary and its path. Rerunning the same command resumes after the last complete shard
 (or says the folder is done); a different command into the same folder is refused unless --overwrite.
 
 Sources, one document each: a FineWeb-Edu row; a .txt file; a .jsonl/.json/.parquet row; a .py file
@@ -54,7 +57,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model import EOT_TOKEN, get_tokenizer
+from model import get_tokenizer, vocab_sha256
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -89,6 +92,7 @@ class FinewebConfig:
     input: list[str] = field(default_factory=list)
     text_field: str = "text"
     from_hub: str | None = None
+    tokenizer: str | None = None  # a tokenizer.json from train_tokenizer.py; None: GPT-2's
     out: str | None = None  # None: the source's default folder (SOURCES)
     val_tokens: int | None = None  # None: the source's default, at most 10% of --max-tokens
     shard_size: int = 100_000_000  # tokens per shard
@@ -283,15 +287,15 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 _worker_encoding = None
 
 
-def _init_worker() -> None:
+def _init_worker(tokenizer: str | None) -> None:
     # Built once per worker: pickling the encoding per task would cost more than encoding the task.
     global _worker_encoding
-    _worker_encoding = get_tokenizer()
+    _worker_encoding = get_tokenizer(tokenizer)
 
 
 def _encode_chunk(documents: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, tokens per document, undecodable bytes per document) for a list of documents."""
-    eot = np.array([EOT_TOKEN], dtype=np.uint32)
+    eot = np.array([_worker_encoding.eot_token], dtype=np.uint32)
     pieces = []
     for text, _ in documents:
         # encode_to_numpy with no special tokens allowed is encode_ordinary without building a Python list.
@@ -319,12 +323,21 @@ def check_fits_uint16(encoding) -> None:
         raise ShardError(f"tokenizer {encoding.name} has ids up to {encoding.max_token_value}, which do not fit uint16 shards")
 
 
-def tokenizer_record(encoding) -> dict:
-    digest = hashlib.sha256()
-    for token in range(encoding.n_vocab):
-        token_bytes = encoding.decode_single_token_bytes(token)
-        digest.update(len(token_bytes).to_bytes(2, "little") + token_bytes)
-    return {"name": encoding.name, "vocab_sha256": digest.hexdigest(), "eot_token": EOT_TOKEN}
+def load_tokenizer(path: str | None):
+    """GPT-2's tokenizer (path None) or a tokenizer.json; a file that is no tokenizer is a ShardError naming --tokenizer."""
+    try:
+        encoding = get_tokenizer(path)
+    except (OSError, ValueError) as error:
+        raise ShardError(f"--tokenizer {path}: {error}") from error
+    check_fits_uint16(encoding)
+    return encoding
+
+
+def tokenizer_record(encoding, path: str | None) -> dict:
+    """meta.json's description of the tokenizer: vocab_sha256 identifies it, n_vocab is the model's
+    vocab_size, and path is where train_gpt2.py finds it (None: GPT-2's, built into model.py)."""
+    return {"name": encoding.name, "vocab_sha256": vocab_sha256(encoding), "eot_token": encoding.eot_token,
+            "n_vocab": encoding.n_vocab, "path": path}
 
 
 # -----------------------------------------------------------------------------
@@ -429,6 +442,7 @@ class Plan:
     val_tokens: int
     source: dict
     documents: Callable[[], Iterator[tuple[str, int]]]
+    tokenizer: str | None  # absolute path of a tokenizer.json; None: GPT-2's
 
 
 def make_plan(config: FinewebConfig) -> Plan:
@@ -453,7 +467,8 @@ def make_plan(config: FinewebConfig) -> Plan:
     else:
         source = {"dataset": dataset, "repo": FINEWEB_EDU_REPO, "config": FINEWEB_EDU_CONFIG}
         documents = _iter_fineweb_edu
-    return Plan(dataset, name, out_dir, val_tokens, source, documents)
+    tokenizer = None if config.tokenizer is None else str(Path(config.tokenizer).resolve())
+    return Plan(dataset, name, out_dir, val_tokens, source, documents, tokenizer)
 
 
 def _command(config: FinewebConfig, plan: Plan) -> str:
@@ -466,10 +481,21 @@ def _command(config: FinewebConfig, plan: Plan) -> str:
         parts += [flag, str(value)] if value is not None else []
     if config.shard_size != FinewebConfig.shard_size:
         parts += ["--shard-size", str(config.shard_size)]
+    if plan.tokenizer is not None:
+        parts += ["--tokenizer", plan.tokenizer]
     return shlex.join(parts + ["--out", str(plan.out_dir)])
 
 
 IDENTITY_KEYS = ("format_version", "source", "tokenizer", "settings", "from_hub")
+
+
+def _identity(key: str, value):
+    """What of a meta.json entry must match for a rerun to continue its shards. A tokenizer is its
+    vocabulary: the same one under another path, or in a record written before n_vocab and path
+    were kept, makes the same shards."""
+    if key == "tokenizer" and isinstance(value, dict):
+        return value.get("vocab_sha256"), value.get("eot_token")
+    return value
 
 
 def _remove_outputs(out_dir: Path) -> None:
@@ -488,12 +514,15 @@ def open_out_dir(out_dir: Path, fresh: dict, overwrite: bool) -> dict:
         old = read_meta(out_dir)
         if old["shards"]:  # a record without shards protects nothing, so it is simply replaced
             for key in IDENTITY_KEYS:
-                if old.get(key) != fresh[key]:
+                if _identity(key, old.get(key)) != _identity(key, fresh[key]):
                     raise ShardError(
                         f"{out_dir} holds shards of another run ({key}: {old.get(key)} there, {fresh[key]} now): "
                         "pass --overwrite to replace them, or choose another --out"
                     )
             _check_shards(out_dir, old["shards"])
+            if old["tokenizer"] != fresh["tokenizer"]:  # the same vocabulary: record where it is now
+                old["tokenizer"] = fresh["tokenizer"]
+                write_meta(out_dir, old)
             return old
     elif out_dir.is_dir() and any(SHARD_RE.match(path.name) for path in out_dir.iterdir()):
         raise ShardError(f"{out_dir} holds shards but no meta.json: pass --overwrite to replace them, or choose another --out")
@@ -509,7 +538,7 @@ def tokenize_to_shards(plan: Plan, meta: dict, workers: int) -> dict:
     documents = itertools.islice(plan.documents(), writer.documents_done, None)
     skip_tokens = writer.resume_offset_tokens
     max_tokens = meta["settings"]["max_tokens"]
-    with multiprocessing.Pool(workers, initializer=_init_worker) as pool, tqdm(
+    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(plan.tokenizer,)) as pool, tqdm(
         total=max_tokens, initial=writer.shard_start, unit="tok", unit_scale=True, desc=plan.name
     ) as bar:
         new_documents = 0
@@ -536,8 +565,8 @@ def tokenize_to_shards(plan: Plan, meta: dict, workers: int) -> dict:
     return meta
 
 
-def download_from_hub(repo_id: str, out_dir: Path, overwrite: bool, encoding) -> None:
-    """Ready-made shards of a Hub dataset repository, checked like local ones."""
+def download_from_hub(repo_id: str, out_dir: Path, overwrite: bool, encoding, tokenizer: str | None) -> None:
+    """Ready-made shards of a Hub dataset repository, checked like local ones and against the tokenizer."""
     from huggingface_hub import snapshot_download
 
     # Downloading beside the output means an interrupted download is resumed and never mistaken for shards.
@@ -555,24 +584,33 @@ def download_from_hub(repo_id: str, out_dir: Path, overwrite: bool, encoding) ->
     snapshot_download(repo_id, repo_type="dataset", local_dir=staging, allow_patterns=["meta.json", "*_train_*.npy", "*_val_*.npy"])
     found = {path.name: path for path in staging.rglob("*.npy") if SHARD_RE.match(path.name)}
     hint = f"{repo_id} or its download is damaged: rerun with --overwrite to download it again"
+    record = tokenizer_record(encoding, tokenizer)
+    label = "GPT-2" if tokenizer is None else f"--tokenizer {tokenizer}"
     if (staging / "meta.json").is_file():
         meta = read_meta(staging)
         if not meta["complete"]:
             raise ShardError(f"{repo_id}'s meta.json records an unfinished run: ask its owner to finish the upload")
-        if meta["tokenizer"] != tokenizer_record(encoding):
-            raise ShardError(f"{repo_id} was tokenized with {meta['tokenizer']}, not this GPT-2 tokenizer: train_gpt2.py cannot use it")
+        if (meta["tokenizer"].get("vocab_sha256"), meta["tokenizer"].get("eot_token")) != (record["vocab_sha256"], record["eot_token"]):
+            raise ShardError(
+                f"{repo_id} was tokenized with {meta['tokenizer']}, not this {label} tokenizer: pass the tokenizer.json "
+                "it was made with as --tokenizer"
+            )
+        meta["tokenizer"] = record  # the same vocabulary, with this machine's path to it
         missing = [record["file"] for record in meta["shards"] if record["file"] not in found]
         if missing:
             raise ShardError(f"{repo_id}: shards listed in its meta.json are missing: {', '.join(missing)}")
-    else:  # e.g. build-nanogpt's shards: describe them from the files, checking they can be GPT-2 tokens
+    else:  # e.g. build-nanogpt's shards: describe them from the files, checking they can be this tokenizer's
         shards = []
         for file in sorted(found, key=lambda file: SHARD_RE.match(file)["index"]):
             tokens = _open_shard(found[file], hint, mmap=False)  # read in full, to count documents and check ids
             if tokens.size and tokens.max() >= encoding.n_vocab:
-                raise ShardError(f"{found[file]} holds token id {tokens.max()}, beyond GPT-2's vocabulary: not GPT-2 shards")
+                raise ShardError(
+                    f"{found[file]} holds token id {tokens.max()}, beyond the {encoding.n_vocab} tokens of the {label} "
+                    "tokenizer: not shards of it"
+                )
             shards.append({"file": file, "split": SHARD_RE.match(file)["split"], "tokens": len(tokens),
-                           "documents": int(np.count_nonzero(tokens == EOT_TOKEN)), "replaced_bytes": 0})
-        meta = {"format_version": FORMAT_VERSION, "source": None, "tokenizer": tokenizer_record(encoding), "settings": None, "shards": shards}
+                           "documents": int(np.count_nonzero(tokens == encoding.eot_token)), "replaced_bytes": 0})
+        meta = {"format_version": FORMAT_VERSION, "source": None, "tokenizer": record, "settings": None, "shards": shards}
     if {record["split"] for record in meta["shards"]} != set(SPLITS):
         raise ShardError(f"{repo_id} holds no shards of one split (files *_train_*.npy and *_val_*.npy are both needed)")
     for record in meta["shards"]:
@@ -591,7 +629,7 @@ def bench(plan: Plan, fresh: dict, workers: int) -> None:
         meta = tokenize_to_shards(replace(plan, out_dir=Path(tmp)), open_out_dir(Path(tmp), fresh, False), workers)
         pipeline_s = time.perf_counter() - start
     texts = [text for text, _ in itertools.islice(plan.documents(), meta["documents"])]
-    encoding = get_tokenizer()
+    encoding = get_tokenizer(plan.tokenizer)
     start = time.perf_counter()
     single_tokens = sum(len(encoding.encode_ordinary(text)) + 1 for text in texts)  # +1: the <|endoftext|>
     single_s = time.perf_counter() - start
@@ -612,18 +650,19 @@ def run(config: FinewebConfig) -> None:
         raise ShardError("pass only one of --dataset, --input and --from-hub")
     if config.val_tokens is not None and config.max_tokens is not None and config.val_tokens >= config.max_tokens:
         raise ShardError(f"--val-tokens {config.val_tokens} leaves nothing of --max-tokens {config.max_tokens} for training")
-    encoding = get_tokenizer()
-    check_fits_uint16(encoding)
+    encoding = load_tokenizer(config.tokenizer)
     if config.from_hub:
         if config.bench:
             raise ShardError("--bench measures tokenizing, which --from-hub does not do")
-        download_from_hub(config.from_hub, Path(config.out or Path("data") / config.from_hub.split("/")[-1]), config.overwrite, encoding)
+        tokenizer = None if config.tokenizer is None else str(Path(config.tokenizer).resolve())
+        out_dir = Path(config.out or Path("data") / config.from_hub.split("/")[-1])
+        download_from_hub(config.from_hub, out_dir, config.overwrite, encoding, tokenizer)
         return
     plan = make_plan(config)
     if plan.dataset == "tinyshakespeare":
         download_tinyshakespeare(plan.out_dir / "input.txt")
     settings = {"shard_size": config.shard_size, "val_tokens": plan.val_tokens, "max_tokens": config.max_tokens}
-    fresh = {"format_version": FORMAT_VERSION, "source": plan.source, "tokenizer": tokenizer_record(encoding),
+    fresh = {"format_version": FORMAT_VERSION, "source": plan.source, "tokenizer": tokenizer_record(encoding, plan.tokenizer),
              "settings": settings, "from_hub": None, "command": _command(config, plan), "complete": False, "shards": []}
     if config.bench:
         bench(plan, fresh, config.workers)
@@ -654,6 +693,8 @@ def parse_args(argv: list[str] | None = None) -> FinewebConfig:
                         help="local corpus: .txt files (one document each), .jsonl/.json/.parquet (one per row), or folders of them")
     parser.add_argument("--text-field", default=defaults.text_field, help="column holding the text in .jsonl/.json/.parquet inputs")
     parser.add_argument("--from-hub", metavar="REPO_ID", help="download ready-made shards from this Hub dataset repository")
+    parser.add_argument("--tokenizer", metavar="PATH",
+                        help="a tokenizer.json written by train_tokenizer.py (default: GPT-2's tokenizer)")
     parser.add_argument("--out", help="output folder (default: per source, see below; data/REPO_NAME for --from-hub)")
     parser.add_argument("--val-tokens", type=int, help="tokens at the start of the stream that form the val split")
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="tokens per shard (default: %(default)s)")

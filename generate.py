@@ -1,8 +1,12 @@
-"""Sample text from GPT-2: OpenAI's weights, a Hugging Face folder, or a train_gpt2.py checkpoint.
+"""Sample text from GPT-2 or GPT-2.5: OpenAI's weights, a Hugging Face folder, or a train_gpt2.py checkpoint.
 
     python generate.py --prompt "Hello, I'm a language model," --num-samples 5 --max-new-tokens 30
     python generate.py --model log/model_19072.pt --prompt-file prompt.txt --stream
     python generate.py --bench --bench-preset gpt2      # KV cache against recomputation, offline
+
+The text is encoded and decoded with the tokenizer the model records (a checkpoint or folder
+trained with a tokenizer.json from train_tokenizer.py carries it), else GPT-2's; --tokenizer names
+it for a model that records none.
 
 Sampling lives in model.py (GPT.generate), shared with the samples train_gpt2.py prints; this
 script only encodes prompts, calls it and prints the text. All samples of a prompt are one batch,
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from model import EOT_TOKEN, GPT, PRESETS, GPTConfig, decode_completion, get_tokenizer, load_model
+from model import GPT, PRESETS, GPTConfig, decode_completion, get_tokenizer, load_model, load_tokenizer
 from train_gpt2 import autocast_context, resolve_device
 
 DEFAULT_PROMPT = "Hello, I'm a language model,"
@@ -32,6 +36,7 @@ SEPARATOR = "-" * 40  # printed after every sample
 @dataclass
 class GenerateConfig:
     model: str = "gpt2"  # Hub name (gpt2, gpt2-medium, ...), Hugging Face folder, or train_gpt2.py checkpoint
+    tokenizer: str | None = None  # None: the one the model records (GPT-2's if it records none)
     prompt: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])  # "" starts from <|endoftext|>
     prompt_file: str | None = None  # one prompt: the file's whole text
     num_samples: int = 1  # samples per prompt, generated as one batch
@@ -75,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-m", "--model", default=defaults.model,
                         help="a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face folder, or a train_gpt2.py checkpoint")
+    parser.add_argument("--tokenizer", default=defaults.tokenizer, metavar="PATH",
+                        help="the model's tokenizer.json, for a model that does not record its tokenizer, or for "
+                             "--bench-preset (default: the one the model records, else GPT-2's)")
     prompts = parser.add_mutually_exclusive_group()
     prompts.add_argument("--prompt", action="append",
                          help="text to continue; repeat for several prompts; an empty one starts from <|endoftext|> "
@@ -87,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     parser.add_argument("--temperature", type=_temperature, default=defaults.temperature,
                         help="softmax temperature; 0 picks the most likely token (greedy)")
     parser.add_argument("--top-k", type=_positive_int, default=defaults.top_k,
-                        help="sample among the K most likely tokens only (50257 or more: no limit)")
+                        help="sample among the K most likely tokens only (the vocabulary size or more: no limit)")
     parser.add_argument("--top-p", type=_top_p, default=defaults.top_p,
                         help="nucleus sampling: sample among the most likely tokens whose probabilities add up to P")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds sampling, and --bench-preset's initialisation")
@@ -119,11 +127,11 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
 
 
 def encode_prompt(prompt: str, enc, block_size: int) -> list[int]:
-    """Prompt tokens; an empty prompt is <|endoftext|>, the token every GPT-2 document follows.
+    """Prompt tokens; an empty prompt is <|endoftext|>, the token every training document follows.
 
     A prompt longer than the model's context keeps its last block_size tokens, and says so.
     """
-    tokens = enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [EOT_TOKEN]
+    tokens = enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
     if len(tokens) > block_size:
         print(f"prompt of {len(tokens)} tokens is longer than the model's block_size={block_size}: keeping its last {block_size} tokens",
               file=sys.stderr)
@@ -140,7 +148,7 @@ def stream_sample(model: GPT, idx: torch.Tensor, config: GenerateConfig, enc, **
     pieces = []
     for token in model.generate_tokens(idx, config.max_new_tokens, **sampling):
         token = token.item()
-        if config.stop and token == EOT_TOKEN:
+        if config.stop and token == enc.eot_token:
             break
         pieces.append(decoder.decode(enc.decode_single_token_bytes(token)))
         print(pieces[-1], end="", flush=True)
@@ -149,9 +157,8 @@ def stream_sample(model: GPT, idx: torch.Tensor, config: GenerateConfig, enc, **
     return "".join(pieces)
 
 
-def generate_text(model: GPT, config: GenerateConfig, device: torch.device) -> list[list[str]]:
+def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device) -> list[list[str]]:
     """Print num_samples continuations of every prompt, each followed by SEPARATOR; return them."""
-    enc = get_tokenizer()
     texts = []
     for prompt in config.prompt:
         tokens = encode_prompt(prompt, enc, model.config.block_size)
@@ -169,8 +176,8 @@ def generate_text(model: GPT, config: GenerateConfig, device: torch.device) -> l
                 completions = [stream_sample(model, idx, config, enc, **sampling)]
                 print(SEPARATOR)
             else:
-                out = model.generate(idx, config.max_new_tokens, stop_token=EOT_TOKEN if config.stop else None, **sampling)
-                completions = [decode_completion(row, config.stop) for row in out[:, len(tokens) :].tolist()]
+                out = model.generate(idx, config.max_new_tokens, stop_token=enc.eot_token if config.stop else None, **sampling)
+                completions = [decode_completion(row, config.stop, enc) for row in out[:, len(tokens) :].tolist()]
                 for completion in completions:
                     print(prompt + completion)
                     print(SEPARATOR)
@@ -183,9 +190,8 @@ def _synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def bench(model: GPT, config: GenerateConfig, device: torch.device) -> dict:
+def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict:
     """Time config.bench_tokens new tokens with and without the KV cache; print and return the timings."""
-    enc = get_tokenizer()
     tokens = encode_prompt(config.prompt[0], enc, model.config.block_size)
     idx = torch.tensor([tokens] * config.num_samples, dtype=torch.long, device=device)
     total_tokens = len(tokens) + config.bench_tokens
@@ -219,26 +225,36 @@ def bench(model: GPT, config: GenerateConfig, device: torch.device) -> dict:
     return {"cached_ms": cached_ms, "recompute_ms": recompute_ms, "speedup": recompute_ms / cached_ms}
 
 
-def build_model(config: GenerateConfig) -> GPT:
+def build_model(config: GenerateConfig) -> tuple:
+    """(the model, its tokenizer: a tiktoken Encoding)."""
     if config.bench_preset is not None:
-        return GPT(GPTConfig.from_preset(config.bench_preset), seed=config.seed)
+        try:
+            enc = get_tokenizer(config.tokenizer)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--tokenizer {config.tokenizer}: {e}") from None
+        return GPT(GPTConfig.from_preset(config.bench_preset, vocab_size=enc.n_vocab), seed=config.seed), enc
     try:
-        return load_model(config.model)
+        model = load_model(config.model)
     except (OSError, ValueError) as e:
         hint = ""
         if config.bench:
             hint = "; to benchmark offline, --bench-preset gpt2 builds a randomly initialised model of GPT-2 124M's size"
         raise SystemExit(f"--model {config.model}: could not load it ({e}){hint}") from None
+    try:
+        return model, load_tokenizer(config.model, model.config.vocab_size, config.tokenizer)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"the tokenizer of --model {config.model}: {e}") from None
 
 
 def main(argv: list[str] | None = None):
     config = parse_args(argv)
     print(f"generate config: {json.dumps(asdict(config))}", file=sys.stderr)  # stdout carries only the text
     device = resolve_device(config.device)
-    model = build_model(config).to(device).eval()
+    model, enc = build_model(config)
+    model = model.to(device).eval()
     if config.bench:
-        return bench(model, config, device)
-    return generate_text(model, config, device)
+        return bench(model, enc, config, device)
+    return generate_text(model, enc, config, device)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from model import get_tokenizer, load_model
+from model import get_tokenizer, load_model, load_tokenizer
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 # The git blob id of that file (SHA-1 of b"blob <size>\0" + contents): a truncated or changed
@@ -153,8 +153,8 @@ def render_example(example: dict, enc) -> tuple[list[list[int]], list[list[int]]
     ctx_tokens = enc.encode_ordinary(example["ctx"])
     rows, masks = [], []
     for ending in example["endings"]:
-        # GPT-2's tokens carry their leading space: " " + ending tokenises the ending as it
-        # would appear after the context.
+        # GPT-2-style BPE tokens carry their leading space: " " + ending tokenises the ending as
+        # it would appear after the context.
         ending_tokens = enc.encode_ordinary(" " + ending)
         rows.append(ctx_tokens + ending_tokens)
         masks.append([0] * len(ctx_tokens) + [1] * len(ending_tokens))
@@ -230,17 +230,18 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    enc=None,
 ) -> HellaSwagResult:
     """Score examples[rank::world_size] on this rank, batch_size examples (4 rows each) per forward.
 
     `model` is a GPT, possibly compiled or DDP-wrapped; it is called as model(idx) and its logits
-    used. The caller sets up autocast (train_gpt2.autocast_context). With world_size > 1 the
+    used; `enc` is its tokenizer (None: GPT-2's). The caller sets up autocast (train_gpt2.autocast_context). With world_size > 1 the
     counts are summed over ranks with torch.distributed.all_reduce, so every rank returns the
     global n, acc and acc_norm; `predictions` holds this rank's examples, each with its position
     in `examples` as "index".
     """
     device = torch.device(device)
-    enc = get_tokenizer()
+    enc = get_tokenizer() if enc is None else enc
     block_size = _block_size(model)
     share = itertools.islice(enumerate(examples), rank, None, world_size)
     total = len(range(rank, len(examples), world_size)) if hasattr(examples, "__len__") else None
@@ -294,6 +295,7 @@ def evaluate(
 @dataclass
 class HellaSwagConfig:
     model: str = "gpt2"  # Hub name (gpt2, gpt2-medium, ...), Hugging Face folder, or train_gpt2.py checkpoint
+    tokenizer: str | None = None  # None: the one the model records (GPT-2's if it records none)
     device: str | None = None  # None: cuda, then mps, then cpu
     data: str | None = None  # None: the official validation file, downloaded once into cache_dir
     cache_dir: str | None = None  # None: DEFAULT_CACHE_DIR
@@ -315,6 +317,9 @@ def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-m", "--model", default=defaults.model,
                         help="a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face folder, or a train_gpt2.py checkpoint")
+    parser.add_argument("--tokenizer", default=defaults.tokenizer, metavar="PATH",
+                        help="the model's tokenizer.json, for a model that does not record its tokenizer "
+                             "(default: the one it records, else GPT-2's)")
     parser.add_argument("-d", "--device", default=defaults.device, help="cpu, cuda, cuda:N or mps (default: the best available)")
     parser.add_argument("--data", default=defaults.data,
                         help="a HellaSwag .jsonl file (default: the official validation set, downloaded once into --cache-dir)")
@@ -360,6 +365,10 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
             model = load_model(config.model)
         except (OSError, ValueError) as e:
             raise SystemExit(f"--model {config.model}: could not load it ({e})") from None
+        try:
+            enc = load_tokenizer(config.model, model.config.vocab_size, config.tokenizer)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"the tokenizer of --model {config.model}: {e}") from None
         model.to(device)
         if config.compile:
             model = torch.compile(model)
@@ -367,7 +376,7 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
         start = time.perf_counter()
         with autocast_context(device):
             result = evaluate(model, examples, device, config.batch_size, dist_info.rank, dist_info.world_size,
-                              progress=dist_info.is_master)
+                              progress=dist_info.is_master, enc=enc)
         elapsed_s = time.perf_counter() - start
 
         if config.out is not None:

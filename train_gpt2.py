@@ -1,8 +1,25 @@
-"""Train GPT-2 on fineweb.py's token shards, on one device or many (DDP under torchrun).
+"""Train GPT-2 on fineweb.py's token shards: one device, DDP or FSDP2 under torchrun, one node or many.
 
     python train_gpt2.py                                          # one GPU (or mps, or CPU)
     torchrun --standalone --nproc_per_node=8 train_gpt2.py        # 8 GPUs: GPT-2 124M on 10B tokens
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=NODE0_ADDRESS:29500 \
+        --rdzv-id=gpt2 --max-restarts=3 train_gpt2.py --resume auto   # the same, on each of 2 nodes
+    torchrun --standalone --nproc_per_node=8 train_gpt2.py --model gpt2-xl --fsdp --micro-batch 8
+    python train_gpt2.py --convert-checkpoint log/gpt2-124m/ckpt_019073.dcp   # -> ckpt_019073.pt
     python fineweb.py --dataset pystdlib --max-tokens 2000000 && python train_gpt2.py --preset smoke
+
+Checkpoints are ckpt_{step:06d}.pt files (the whole model and optimizer state, written by rank 0),
+or with --fsdp ckpt_{step:06d}.dcp folders (torch.distributed.checkpoint: every rank writes its
+shard). Both are written under a temporary name and renamed when complete; `--resume auto` takes
+the newest complete one of either kind, and both kinds resume with or without --fsdp.
+
+SIGTERM (a preemption; torchrun forwards it to its workers) or SIGINT (Ctrl-C) does not kill a
+run: every rank finishes the current step, a checkpoint is saved, and the process exits with
+128 + the signal's number (143 for SIGTERM, 130 for SIGINT), as if the signal had killed it, so
+schedulers and torchrun see an unfinished run. The next launch with --resume auto continues.
+
+SageMaker training jobs: SM_CHANNEL_TRAIN and SM_MODEL_DIR, when set, are the defaults of --data
+and --log-dir (flags given explicitly still win).
 """
 
 from __future__ import annotations
@@ -14,9 +31,12 @@ import math
 import os
 import platform
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -108,21 +128,60 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def decide_on_master(decide, dist_info: Distributed):
+    """decide() run by rank 0 alone, and its result, or the TrainError it raised, handed to every
+    rank: one decision for all, even where the ranks do not see the same files."""
+    if not dist_info.enabled:
+        return decide()
+    outcome = [None]
+    if dist_info.is_master:
+        try:
+            outcome = [("result", decide())]
+        except TrainError as e:
+            outcome = [("error", str(e))]
+    dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise TrainError(value)
+    return value
+
+
 # -----------------------------------------------------------------------------
-# Checkpoint files: {log_dir}/ckpt_{step:06d}.pt, each complete (written to a temporary name,
-# then renamed), so any file matching the pattern can be resumed from.
+# Checkpoint names. {log_dir}/ckpt_{step:06d}.pt is a single file (rank 0 writes the whole state);
+# {log_dir}/ckpt_{step:06d}.dcp/ a torch.distributed.checkpoint folder (--fsdp: every rank writes
+# its shard, rank 0 adds train_state.pt). Both are written under a name ending in .tmp and renamed
+# when complete, so a name matching the pattern is a checkpoint that can be resumed from.
 
 CHECKPOINT_PATTERN = "ckpt_[0-9][0-9][0-9][0-9][0-9][0-9].pt"
+SHARDED_CHECKPOINT_PATTERN = "ckpt_[0-9][0-9][0-9][0-9][0-9][0-9].dcp"
+TRAIN_STATE_FILE = "train_state.pt"  # a sharded checkpoint's non-tensor state: step, data position, RNG, config
 
 
 def list_checkpoints(log_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in log_dir, oldest first."""
+    """Complete single-file checkpoints in log_dir, the kind generate.py, hellaswag.py and
+    upload_hf.py read, oldest first."""
     return sorted(Path(log_dir).glob(CHECKPOINT_PATTERN))
 
 
 def latest_checkpoint(log_dir: str | os.PathLike) -> Path | None:
     checkpoints = list_checkpoints(log_dir)
     return checkpoints[-1] if checkpoints else None
+
+
+def is_complete_sharded_checkpoint(path: Path) -> bool:
+    # The rename makes a folder complete; these two files guard against one copied in part.
+    return (path / ".metadata").is_file() and (path / TRAIN_STATE_FILE).is_file()
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len("ckpt_") : len("ckpt_") + 6])
+
+
+def resumable_checkpoints(log_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of both kinds, oldest first; at the same step (a folder and the file
+    converted from it) the folder comes last, so it is the one resumed from."""
+    folders = [p for p in Path(log_dir).glob(SHARDED_CHECKPOINT_PATTERN) if is_complete_sharded_checkpoint(p)]
+    return sorted(list_checkpoints(log_dir) + folders, key=lambda p: (checkpoint_step(p), p.suffix == ".dcp"))
 
 
 class TrainError(Exception):
@@ -167,7 +226,9 @@ class TrainConfig:
     resume: str = "none"  # "auto" (newest checkpoint in log_dir, if any), "none", or a checkpoint path
     device: str | None = None  # auto: cuda, then mps, then cpu
     compile: bool | None = None  # default: on for CUDA
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the ranks (FSDP2) instead of DDP
     log_every: int = 1  # console lines every N steps; metrics.jsonl gets every step
+    tensorboard: bool = False  # mirror metrics.jsonl's numbers into {log_dir}/tensorboard
 
 
 PRESETS = {
@@ -178,17 +239,17 @@ PRESETS = {
         model="tiny",
         data="data/pystdlib",
         log_dir="log/smoke",
-        total_batch=4096,
-        micro_batch=16,
-        seq_len=128,
-        max_steps=200,
+        total_batch=1024,  # 2 micro-steps of 8 x 64 tokens: gradient accumulation is exercised too
+        micro_batch=8,
+        seq_len=64,
+        max_steps=100,
         max_lr=3e-3,
         min_lr=3e-4,
-        warmup_steps=20,
+        warmup_steps=10,
         eval_every=50,
         val_steps=4,
-        hellaswag_limit=200,
-        save_every=100,
+        hellaswag_limit=40,
+        save_every=50,
         sample_tokens=24,
         num_samples=2,
         log_every=10,
@@ -198,8 +259,8 @@ PRESETS = {
 # Help for every flag; argparse is built from the dataclass so the two cannot drift apart.
 FLAG_HELP = {
     "model": "model.py preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny",
-    "data": "folder of fineweb.py shards",
-    "log_dir": "where metrics.jsonl, loss.png and checkpoints go",
+    "data": "folder of fineweb.py shards (default in a SageMaker job: $SM_CHANNEL_TRAIN)",
+    "log_dir": "where metrics.jsonl, loss.png and checkpoints go (default in a SageMaker job: $SM_MODEL_DIR)",
     "total_batch": "tokens per optimizer step, summed over ranks and gradient-accumulation steps",
     "micro_batch": "sequences per forward pass on each rank",
     "seq_len": "tokens per sequence (at most the model's block_size)",
@@ -224,12 +285,21 @@ FLAG_HELP = {
     "sample_tokens": "new tokens per text sample",
     "sample_prompt": "prompt of the text samples",
     "save_every": "write a checkpoint every N steps (and at the end)",
-    "keep_last": "checkpoints to keep in the log dir",
-    "resume": "'auto' (newest checkpoint in --log-dir if there is one), 'none', or a checkpoint path",
+    "keep_last": "checkpoints to keep in the log dir (steps: a .pt file and a .dcp folder of one step count once)",
+    "resume": "'auto' (newest complete checkpoint in --log-dir, if there is one), 'none', or a ckpt_*.pt file or "
+              "ckpt_*.dcp folder",
     "device": "cuda, cuda:N, mps or cpu (default: the best available)",
     "compile": "torch.compile the model (default: on for CUDA)",
+    "fsdp": "shard parameters, gradients and optimizer state over the torchrun ranks (FSDP2) instead of replicating "
+            "them (DDP), for models that do not fit otherwise; checkpoints become ckpt_*.dcp folders",
     "log_every": "print a console line every N steps",
+    "tensorboard": "also write the train and eval numbers to {log_dir}/tensorboard (needs: pip install tensorboard)",
 }
+
+# A SageMaker training job names its folders in the environment: the "train" input channel (the
+# shards, uploaded from S3) and the folder uploaded back to S3 when the job ends. They replace the
+# presets' folders; flags given explicitly still win.
+SAGEMAKER_DEFAULTS = {"data": "SM_CHANNEL_TRAIN", "log_dir": "SM_MODEL_DIR"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,15 +312,25 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
             parser.add_argument(flag, type=kind, default=None, help=FLAG_HELP[f.name])
+    convert = parser.add_argument_group("instead of training, convert a --fsdp checkpoint")
+    convert.add_argument("--convert-checkpoint", metavar="DCP_FOLDER",
+                         help="a ckpt_*.dcp folder to rewrite as one ckpt_*.pt file (what generate.py, hellaswag.py and "
+                              "upload_hf.py read; train_gpt2.py resumes from either)")
+    convert.add_argument("--out", metavar="FILE", help="the .pt file to write (default: beside the folder, ckpt_NNNNNN.pt)")
     return parser
 
 
-def parse_config(argv=None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
+def config_from_args(args: dict) -> TrainConfig:
+    """Dataclass defaults, then the preset, then SageMaker's folders, then the flags given."""
     values = asdict(TrainConfig())
-    values.update(PRESETS[args.pop("preset")])
-    values.update({k: v for k, v in args.items() if v is not None})
+    values.update(PRESETS[args["preset"]])
+    values.update({name: os.environ[var] for name, var in SAGEMAKER_DEFAULTS.items() if os.environ.get(var)})
+    values.update({k: v for k, v in args.items() if k in values and v is not None})
     return TrainConfig(**values)
+
+
+def parse_config(argv=None) -> TrainConfig:
+    return config_from_args(vars(build_parser().parse_args(argv)))
 
 
 @dataclass(frozen=True)
@@ -409,14 +489,35 @@ def git_commit() -> str | None:
 
 
 class MetricsLog:
-    """One JSON object per line in {log_dir}/metrics.jsonl, appended and flushed at once."""
+    """One JSON object per line in {log_dir}/metrics.jsonl, appended and flushed at once; with a
+    TensorBoard writer, the numbers of the train and eval records are mirrored into it."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, tensorboard=None):
         self.path = log_dir / "metrics.jsonl"
+        self.tensorboard = tensorboard  # a torch.utils.tensorboard.SummaryWriter
 
     def write(self, record_type: str, **fields_):
         with open(self.path, "a") as f:
             f.write(json.dumps({"type": record_type, "time": round(time.time(), 3), **fields_}) + "\n")
+        if self.tensorboard is not None and record_type in ("train", "eval"):
+            for key, value in fields_.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(f"{record_type}/{key}", value, fields_["step"])
+
+
+def tensorboard_writer(log_dir: Path, start_step: int):
+    """A SummaryWriter on {log_dir}/tensorboard. After a resume, TensorBoard hides the events the
+    previous launch logged past the checkpoint (purge_step): the steps run again replace them."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir / "tensorboard", purge_step=start_step + 1 if start_step else None)
+
+
+def check_tensorboard_installed():
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+    except ImportError as e:
+        raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard (or drop --tensorboard)") from e
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -497,31 +598,185 @@ def save_checkpoint(path: Path, checkpoint: dict):
     os.replace(tmp, path)
 
 
+def save_sharded_checkpoint(path: Path, model, optimizer, train_state: dict, master: bool):
+    """A torch.distributed.checkpoint folder: every rank writes its shards of the model and optimizer
+    state, rank 0 the non-tensor train state beside them. Written as {path}.tmp, renamed when complete."""
+    import torch.distributed.checkpoint as dcp  # imported here: train_gpt2 is imported by every script
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp = path.with_name(path.name + ".tmp")
+    if master and tmp.exists():
+        shutil.rmtree(tmp)  # left by a save that crashed
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
+    if master:  # dcp.save returns once every rank's shards and the metadata are on disk
+        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        if path.exists():  # this step was saved before, by a run since resumed from an older checkpoint
+            replaced = path.with_name(path.name + ".replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(path, replaced)
+            os.replace(tmp, path)
+            shutil.rmtree(replaced)
+        else:
+            os.replace(tmp, path)
+
+
 def prune_checkpoints(log_dir: Path, keep_last: int):
-    for old in list_checkpoints(log_dir)[:-keep_last]:
-        old.unlink()
+    """Delete all but the newest keep_last steps' checkpoints, of both kinds."""
+    checkpoints = resumable_checkpoints(log_dir)
+    kept_steps = sorted({checkpoint_step(p) for p in checkpoints})[-keep_last:]
+    for old in checkpoints:
+        if checkpoint_step(old) not in kept_steps:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def remove_partial_checkpoints(log_dir: Path) -> list[Path]:
+    """Delete what crashed saves left (ckpt_*.tmp): never complete, never resumed from, often gigabytes."""
+    partial = sorted(log_dir.glob("ckpt_[0-9]*.tmp"))
+    for path in partial:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return partial
+
+
+# What every checkpoint holds besides the tensors; a .pt file holds "model" and "optimizer" too.
+TRAIN_STATE_KEYS = {"model_config", "step", "tokens_seen", "train_loader", "rng", "config"}
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A .pt checkpoint's contents, or a .dcp folder's train state (its tensors are read by
+    load_sharded_state once the model is built)."""
+    file = path / TRAIN_STATE_FILE if path.is_dir() else path
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TrainError(f"cannot read checkpoint {path} ({e}); pass another with --resume PATH") from e
-    missing = {"model", "model_config", "optimizer", "step", "train_loader", "rng", "config"} - set(checkpoint)
+        raise TrainError(f"cannot read checkpoint {file} ({e}); pass another with --resume PATH") from e
+    required = TRAIN_STATE_KEYS if path.is_dir() else TRAIN_STATE_KEYS | {"model", "optimizer"}
+    missing = required - set(checkpoint) if isinstance(checkpoint, dict) else required
     if missing:
-        raise TrainError(f"{path} is not a train_gpt2.py checkpoint (missing {sorted(missing)})")
+        raise TrainError(f"{file} is not a train_gpt2.py checkpoint (missing {sorted(missing)})")
     return checkpoint
+
+
+def load_sharded_state(path: Path, model, optimizer):
+    """Fill the model and optimizer from a .dcp folder. torch.distributed.checkpoint reshards on
+    load, so the model may be sharded over any number of ranks (FSDP) or whole (DDP, one process)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # the layout to read into, in place
+    state = {"model": model_state, "optimizer": optimizer_state}
+    try:
+        with warnings.catch_warnings():
+            # One process reading a whole checkpoint (a conversion, or a resume without torchrun) is intended.
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=path)
+    except dcp.CheckpointException as e:  # a BaseException, holding every failed rank's error
+        rank, (error, _) = next(iter(e.failures.items()))
+        reason = f"{type(error).__name__}: {error}".rstrip(": ")
+        raise TrainError(f"cannot read checkpoint {path} (rank {rank}: {reason}); it may be damaged or incomplete: "
+                         "pass another with --resume PATH") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def load_whole_state_into_sharded(checkpoint: dict, model, optimizer):
+    """A .pt checkpoint's whole model and optimizer state into an FSDP-sharded model: each rank
+    keeps its own shards of it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    # optimizer.state_dict() numbers the parameters in param_groups order; set_state_dict wants names.
+    names = {id(param): name for name, param in model.named_parameters()}
+    order = [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
+    saved = checkpoint["optimizer"]
+    optimizer_state = {
+        "state": {order[index]: state for index, state in saved["state"].items()},
+        "param_groups": [{**group, "params": [order[index] for index in group["params"]]} for group in saved["param_groups"]],
+    }
+    set_state_dict(model, optimizer, model_state_dict=checkpoint["model"], optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume == "none":
         return None
     if cfg.resume == "auto":
-        return latest_checkpoint(cfg.log_dir)
+        checkpoints = resumable_checkpoints(cfg.log_dir)
+        return checkpoints[-1] if checkpoints else None
     path = Path(cfg.resume)
-    if not path.is_file():
-        raise TrainError(f"--resume {cfg.resume}: no such checkpoint file (use 'auto' or 'none', or a ckpt_*.pt path)")
-    return path
+    if path.is_file() or (path.is_dir() and is_complete_sharded_checkpoint(path)):
+        return path
+    if path.is_dir():
+        raise TrainError(f"--resume {cfg.resume}: not a complete checkpoint folder (it lacks .metadata or "
+                         f"{TRAIN_STATE_FILE}); pass another, or 'auto'")
+    raise TrainError(f"--resume {cfg.resume}: no such checkpoint (use 'auto' or 'none', a ckpt_*.pt file or a ckpt_*.dcp folder)")
+
+
+def choose_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from; a fresh run never starts in a folder holding another run's checkpoints."""
+    resume_path = resolve_resume(cfg)
+    checkpoints = resumable_checkpoints(cfg.log_dir)
+    if resume_path is None and checkpoints:
+        raise TrainError(f"{cfg.log_dir} already holds checkpoints (newest {checkpoints[-1].name}); continue that run "
+                         "with --resume auto, or start a new one with another --log-dir")
+    return resume_path
+
+
+def convert_checkpoint(folder: Path, out: Path | None = None) -> Path:
+    """Rewrite a .dcp folder as one .pt file with the same contents: the whole model and optimizer
+    state, as a single process holds them. Runs in one process, on CPU."""
+    if not (folder.is_dir() and is_complete_sharded_checkpoint(folder)):
+        raise TrainError(f"--convert-checkpoint {folder}: not a complete ckpt_*.dcp folder (train_gpt2.py --fsdp writes them)")
+    out = Path(out) if out else folder.with_suffix(".pt")
+    if out.exists():
+        raise TrainError(f"--out {out} already exists; remove it or pass another --out")
+    checkpoint = load_checkpoint(folder)
+    model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
+    run = checkpoint["config"]
+    optimizer = model.configure_optimizers(run["weight_decay"], run["max_lr"], (run["beta1"], run["beta2"]), run["eps"], "cpu")
+    load_sharded_state(folder, model, optimizer)
+    save_checkpoint(out, {**checkpoint, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    return out
+
+
+class StopSignals:
+    """While active, a first SIGTERM (a preemption; torchrun forwards it to its workers) or SIGINT
+    (Ctrl-C) only records that it came: the training loop stops after the current step, with a
+    checkpoint. A second one acts as it would have without this handler (stopping at once, the
+    last complete checkpoint intact), so a stuck run can still be interrupted. Signals the process
+    was started with ignored (SIGINT in a background job) stay ignored.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, announce: bool):
+        self.announce = announce
+        self.received: int | None = None
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            previous = self._previous[signum]
+            if callable(previous):  # Python's own SIGINT handler: KeyboardInterrupt
+                previous(signum, frame)
+            else:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        if self.announce:
+            # os.write, not print: a handler can run in the middle of another print to the same stream.
+            os.write(sys.stderr.fileno(), f"received {signal.Signals(signum).name}: stopping after this step, with a "
+                                          "checkpoint (send it again to stop at once)\n".encode())
+
+    def __enter__(self):
+        self._previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
+        for signum, previous in self._previous.items():
+            if previous is not signal.SIG_IGN:
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 # -----------------------------------------------------------------------------
@@ -545,15 +800,24 @@ def evaluate_val_loss(model, loader: DataLoader, steps: int, device: torch.devic
 
 
 def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device) -> list[str]:
-    """A few sampled continuations of the sample prompt, seeded so runs can be compared."""
+    """A few sampled continuations of the sample prompt, seeded so runs can be compared.
+
+    Under FSDP every rank calls this (each forward all-gathers the weights), and generation runs to
+    sample_tokens without stopping early at <|endoftext|>, so that all ranks make the same number of
+    forward passes whatever they sample; the text is cut at <|endoftext|> all the same.
+    """
     enc = get_tokenizer()
     prompt = torch.tensor([enc.encode_ordinary(cfg.sample_prompt)] * cfg.num_samples, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     raw_model.eval()
     with autocast_context(device):
-        out = raw_model.generate(prompt, cfg.sample_tokens, stop_token=EOT_TOKEN, top_k=50, generator=generator)
+        out = raw_model.generate(prompt, cfg.sample_tokens, stop_token=None if cfg.fsdp else EOT_TOKEN, top_k=50,
+                                 generator=generator)
     raw_model.train()
     return [cfg.sample_prompt + decode_completion(row[prompt.size(1):]) for row in out.tolist()]
+
+
+HELLASWAG_BATCH = 16  # examples (of 4 rows each) per forward pass
 
 
 def hellaswag_examples(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> list[dict] | None:
@@ -578,33 +842,90 @@ def hellaswag_examples(cfg: TrainConfig, dist_info: Distributed, device: torch.d
             print(f"hellaswag: skipped, {path} is not there (pass --hellaswag-data PATH, or --no-hellaswag)")
         return None
     try:
-        return list(hellaswag.iterate_examples(path, limit=cfg.hellaswag_limit))
+        examples = list(hellaswag.iterate_examples(path, limit=cfg.hellaswag_limit))
     except ValueError as e:
         raise TrainError(f"--hellaswag-data: {e}") from e
+    if cfg.fsdp:
+        # Every FSDP forward is a collective (it all-gathers the weights), so every rank must run the
+        # same number of batches; a whole multiple of the world size of examples guarantees that.
+        batches_per_rank = {math.ceil(len(range(rank, len(examples), dist_info.world_size)) / HELLASWAG_BATCH)
+                            for rank in range(dist_info.world_size)}
+        if len(batches_per_rank) > 1:
+            kept = len(examples) - len(examples) % dist_info.world_size
+            if dist_info.is_master:
+                print(f"hellaswag: with --fsdp, the first {kept} of {len(examples)} examples (a multiple of the "
+                      f"{dist_info.world_size} ranks)")
+            examples = examples[:kept]
+    return examples
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) a training run; returns the logged train losses and the last evaluation."""
+    """Run (or resume) a training run; returns the logged train losses, the last evaluation, and
+    the signal that stopped it early (None when it ran to its end)."""
+    if cfg.tensorboard:
+        check_tensorboard_installed()  # before anything slow, on every rank alike
+    check_restartable_launch()
     dist_info, device = setup_distributed(cfg.device)
     try:
-        return _train(cfg, dist_info, device)
+        # `closing` holds what must be closed however the run ends (the TensorBoard writer).
+        with StopSignals(announce=dist_info.is_master) as stop_signals, contextlib.ExitStack() as closing:
+            return _train(cfg, dist_info, device, stop_signals, closing)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> dict:
+def check_restartable_launch():
+    """Refuse a torchrun launch whose restarts would hang.
+
+    torchrun (torch 2.13) lends its rendezvous TCP store to the workers and keeps it across
+    restarts, without separating one attempt's keys from the next: restarted workers can read the
+    previous attempt's addresses and hang in init_process_group (pytorch/pytorch#135712). With
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, every attempt gets a fresh store.
+    """
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0))
+    if restarts > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise TrainError(f"torchrun --max-restarts {restarts} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its "
+                         "environment, or restarted workers can hang (pytorch/pytorch#135712): "
+                         "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, then launch torchrun again")
+
+
+def shard_model(model: GPT, device: torch.device):
+    """FSDP2: each transformer block is one unit whose weights are all-gathered just before its
+    forward (and backward) and freed after, so only one block is ever whole on a GPU; the root unit
+    holds the embeddings (tied to the output layer) and the final LayerNorm."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # On GPUs, weights are gathered in bf16 (half the traffic of fp32) and gradients reduced in fp32,
+    # torchtitan's default; the sharded master weights and the optimizer stay fp32.
+    if device.type == "cuda":
+        precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        precision = MixedPrecisionPolicy()
+    for block in model.transformer.h:
+        fully_shard(block, mp_policy=precision)
+    fully_shard(model, mp_policy=precision)
+    # FSDP warns when a root returns a view; GPT returns logits[..., :vocab_size] (a view, when the
+    # vocabulary is padded) and training backpropagates through the loss only, never the logits.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+
+
+def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_signals: StopSignals,
+           closing: contextlib.ExitStack) -> dict:
     master = dist_info.is_master
     print0 = print if master else (lambda *a, **k: None)
+    if cfg.fsdp and not dist.is_initialized():
+        raise TrainError("--fsdp shards the model over the processes that torchrun starts: launch with torchrun "
+                         "(--nproc_per_node=1 works too), or drop --fsdp")
     model_config = GPTConfig.from_preset(cfg.model, pad_vocab_multiple=64 if cfg.pad_vocab else 1)
     plan = make_plan(cfg, dist_info.world_size, model_config.block_size)
     log_dir = Path(cfg.log_dir)
 
-    resume_path = resolve_resume(cfg)
-    if resume_path is None and list_checkpoints(log_dir):
-        raise TrainError(
-            f"{log_dir} already holds checkpoints (newest {latest_checkpoint(log_dir).name}); continue that run with "
-            "--resume auto, or start a new one with another --log-dir"
-        )
+    # Rank 0 chooses the checkpoint, so that every rank resumes from the same one. With several
+    # nodes, each must see it: the log dir has to be on storage they share.
+    resume_path = decide_on_master(lambda: choose_checkpoint(cfg), dist_info)
+    if resume_path and all_reduce_sum([float(resume_path.exists())], device)[0] < dist_info.world_size:
+        raise TrainError(f"{resume_path} is not visible to every rank: with several nodes, --log-dir must be on "
+                         "storage that all of them share (NFS, Lustre, ...)")
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     if checkpoint and checkpoint["model_config"] != model_config.to_dict():
         raise TrainError(
@@ -617,12 +938,20 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
     train_loader = DataLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=True)
     val_loader = DataLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=False)
     raw_model = GPT(model_config, seed=cfg.seed).to(device)
+    num_params, flops_per_token = raw_model.num_params(), raw_model.flops_per_token(cfg.seq_len)
+    if cfg.fsdp:
+        shard_model(raw_model, device)  # before the optimizer is built: it must hold the sharded parameters
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, (cfg.beta1, cfg.beta2), cfg.eps, device.type)
     start_step, tokens_seen = 0, 0
     torch.manual_seed(cfg.seed + dist_info.rank)  # dropout masks differ between ranks
     if checkpoint:
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        if resume_path.is_dir():
+            load_sharded_state(resume_path, raw_model, optimizer)
+        elif cfg.fsdp:
+            load_whole_state_into_sharded(checkpoint, raw_model, optimizer)
+        else:
+            raw_model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
         train_loader.load_state_dict(checkpoint["train_loader"])
         start_step, tokens_seen = checkpoint["step"], checkpoint["tokens_seen"]
         rng_states = checkpoint["rng"]
@@ -631,27 +960,32 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
         else:
             print0(f"note: {resume_path} was saved by {len(rng_states)} processes, this run has {dist_info.world_size}; random states start fresh")
         changed = {k: (v, getattr(cfg, k)) for k, v in checkpoint["config"].items()
-                   if k not in ("resume", "device", "stop_at_step", "log_every") and getattr(cfg, k, v) != v}
+                   if k not in ("resume", "device", "stop_at_step", "log_every", "tensorboard") and getattr(cfg, k, v) != v}
         if changed:
             print0(f"note: flags differ from the checkpoint's (was, now): {changed}")
 
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     model = torch.compile(raw_model) if use_compile else raw_model
     eval_model = model  # compiled but not DDP-wrapped: evaluation needs no gradient sync
-    if dist_info.enabled:
+    if dist_info.enabled and not cfg.fsdp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     examples = hellaswag_examples(cfg, dist_info, device)
 
     metrics = MetricsLog(log_dir)
-    flops_per_token = raw_model.flops_per_token(cfg.seq_len)
     peak = peak_flops(device)
     if master:
         log_dir.mkdir(parents=True, exist_ok=True)
+        for partial in remove_partial_checkpoints(log_dir):
+            print0(f"removed {partial}, left by a save that did not finish")
+        if cfg.tensorboard:
+            metrics.tensorboard = closing.enter_context(tensorboard_writer(log_dir, start_step))
         header = dict(
             config=asdict(cfg), model_config=model_config.to_dict(), git_commit=git_commit(), torch=torch.__version__,
             python=platform.python_version(), numpy=np.__version__, device=device_name(device), world_size=dist_info.world_size,
-            grad_accum_steps=plan.grad_accum_steps, num_params=raw_model.num_params(), compile=use_compile,
+            grad_accum_steps=plan.grad_accum_steps, num_params=num_params, compile=use_compile,
             resumed_from=str(resume_path) if resume_path else None, start_step=start_step,
+            # torchrun counts the times it restarted the workers (--max-restarts) in this variable.
+            restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
         )
         metrics.write("header", **header)
         print0(json.dumps(header, indent=1))
@@ -663,14 +997,15 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
         record = {"step": step, "val_loss": val_loss, "hellaswag_acc_norm": None, "hellaswag_acc": None}
         if examples:
             with autocast_context(device):
-                result = hellaswag.evaluate(raw_model, examples, device, batch_size=16, rank=dist_info.rank,
+                result = hellaswag.evaluate(raw_model, examples, device, batch_size=HELLASWAG_BATCH, rank=dist_info.rank,
                                             world_size=dist_info.world_size)
             record.update(hellaswag_acc_norm=result.acc_norm, hellaswag_acc=result.acc, hellaswag_n=result.n)
+        samples = text_samples(raw_model, cfg, device) if master or cfg.fsdp else []
         if master:
             metrics.write("eval", **record)
             hs = "" if record["hellaswag_acc_norm"] is None else f" | hellaswag acc_norm {record['hellaswag_acc_norm']:.4f}"
             print0(f"step {step:5d} | val loss {val_loss:.4f}{hs}")
-            for text in text_samples(raw_model, cfg, device):
+            for text in samples:
                 metrics.write("sample", step=step, text=text)
                 print0(f"sample: {text!r}")
             plot_metrics(log_dir)
@@ -682,15 +1017,19 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
             dist.all_gather_object(rng_states, rng_state())
         else:
             rng_states = [rng_state()]
-        if master:
+        train_state = {
+            "format_version": 1, "model_config": model_config.to_dict(), "step": step, "tokens_seen": tokens_seen,
+            "train_loader": train_loader.state_dict(), "rng": rng_states, "config": asdict(cfg),
+            "val_loss": last_eval.get("val_loss"),
+        }
+        t0 = time.perf_counter()
+        if cfg.fsdp:
+            path = log_dir / f"ckpt_{step:06d}.dcp"
+            save_sharded_checkpoint(path, raw_model, optimizer, train_state, master)
+        elif master:
             path = log_dir / f"ckpt_{step:06d}.pt"
-            t0 = time.perf_counter()
-            save_checkpoint(path, {
-                "format_version": 1, "model": raw_model.state_dict(), "model_config": model_config.to_dict(),
-                "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
-                "train_loader": train_loader.state_dict(), "rng": rng_states, "config": asdict(cfg),
-                "val_loss": last_eval.get("val_loss"),
-            })
+            save_checkpoint(path, {**train_state, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict()})
+        if master:
             prune_checkpoints(log_dir, cfg.keep_last)
             print0(f"saved {path} in {time.perf_counter() - t0:.1f}s")
         if dist_info.enabled:
@@ -698,7 +1037,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
 
     last_eval = evaluate(0) if start_step == 0 else {}
     end_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
-    train_losses = []
+    train_losses, stopped_by = [], None
     for step in range(start_step, end_step):
         t0 = time.perf_counter()
         model.train()
@@ -707,9 +1046,10 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
         for micro_step in range(plan.grad_accum_steps):
             x, y = train_loader.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # DDP all-reduces gradients in backward(); only the last micro-step needs it.
+            # DDP all-reduces gradients in backward(); only the last micro-step needs it. FSDP
+            # reduce-scatters them at every micro-step, which keeps only a shard of them in memory.
             last_micro_step = micro_step == plan.grad_accum_steps - 1
-            sync_context = model.no_sync() if dist_info.enabled and not last_micro_step else contextlib.nullcontext()
+            sync_context = model.no_sync() if isinstance(model, DDP) and not last_micro_step else contextlib.nullcontext()
             with sync_context:
                 with autocast_context(device):
                     _, loss = model(x, y)
@@ -717,16 +1057,23 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
                 loss = loss / plan.grad_accum_steps
                 loss_accum += loss.detach()
                 loss.backward()
+        stop_flag = torch.tensor(float(stop_signals.received is not None), device=device)
         if dist_info.enabled:
-            dist.all_reduce(loss_accum, op=dist.ReduceOp.SUM)  # gloo has no AVG
-            loss_accum /= dist_info.world_size
+            # The stop flag rides in the loss's all-reduce: every rank learns whether any rank was
+            # signalled, at no extra cost, so all of them stop after the same step.
+            reduced = torch.stack([loss_accum, stop_flag])
+            dist.all_reduce(reduced, op=dist.ReduceOp.SUM)  # gloo has no AVG
+            loss_accum, stop_flag = reduced[0] / dist_info.world_size, reduced[1]
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP, replicated on every rank
+            grad_norm = grad_norm.full_tensor()
         loss_value, grad_norm_value = loss_accum.item(), grad_norm.item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm_value)):
-            newest = latest_checkpoint(log_dir)
+            newest = resumable_checkpoints(log_dir)
             raise TrainError(
                 f"step {step + 1}: the loss is {loss_value} and the gradient norm {grad_norm_value}; stopped without "
-                f"saving, so the last good checkpoint ({newest or 'none yet'}) is untouched. Lower --max-lr or check the data"
+                f"saving, so the last good checkpoint ({newest[-1] if newest else 'none yet'}) is untouched. Lower "
+                "--max-lr or check the data"
             )
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
@@ -747,21 +1094,37 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> di
                 mfu_text = f" | mfu {mfu:.1%}" if mfu is not None else ""
                 print0(f"step {completed:5d}/{cfg.max_steps} | loss {loss_value:.6f} | lr {lr:.4e} | norm {grad_norm_value:.4f} "
                        f"| dt {dt * 1000:.1f}ms | tok/s {tokens_per_s:,.0f}{mfu_text}")
+        if stop_flag.item() > 0 and completed < end_step:
+            # No evaluation first: after a preemption notice the time left is short (torchrun
+            # waits --shutdown-timeout, 30 s by default, before SIGKILL), and the checkpoint matters.
+            save(completed)
+            # Ranks that were not signalled themselves stop as if by SIGTERM, the preemption signal.
+            stopped_by = stop_signals.received or signal.SIGTERM
+            print0(f"stopped after step {completed} on {signal.Signals(stopped_by).name}; continue with --resume auto")
+            break
         if completed % cfg.eval_every == 0 or completed == cfg.max_steps:
             last_eval = evaluate(completed)
         if completed % cfg.save_every == 0 or completed == end_step:
             save(completed)
-    return {"train_losses": train_losses, "last_eval": last_eval, "start_step": start_step}
+    return {"train_losses": train_losses, "last_eval": last_eval, "start_step": start_step, "stopped_by": stopped_by}
 
 
 def main(argv=None) -> int:
+    """0 when the run ends (or reaches --stop-at-step), 2 on a user error, 128 + the signal's number
+    when SIGTERM or SIGINT stopped it early (after saving a checkpoint)."""
     try:
-        cfg = parse_config(argv)
-        train(cfg)
+        args = vars(build_parser().parse_args(argv))
+        if args["convert_checkpoint"]:
+            out = convert_checkpoint(Path(args["convert_checkpoint"]), args["out"])
+            print(f"wrote {out}")
+            return 0
+        if args["out"]:
+            raise TrainError("--out goes with --convert-checkpoint")
+        result = train(config_from_args(args))
     except (TrainError, ShardError, hellaswag.HellaSwagDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return 128 + result["stopped_by"] if result["stopped_by"] else 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Publish a train_gpt2.py checkpoint on the Hugging Face Hub as a transformers GPT-2 model.
+"""Publish a train_gpt2.py checkpoint on the Hugging Face Hub as a transformers model.
 
     python upload_hf.py --log-dir log/gpt2-124m --repo-id YOUR_NAME/gpt2-124m-fineweb-edu
     python upload_hf.py --log-dir log/gpt2-124m --repo-id YOUR_NAME/gpt2-124m-fineweb-edu --dry-run --out hf/gpt2-124m
     python upload_hf.py --checkpoint log/gpt2-124m/ckpt_010000.pt --repo-id YOUR_NAME/gpt2-124m-step10000 --private
 
-The folder it uploads is what transformers.GPT2LMHeadModel and AutoTokenizer load (written by
-model.py's save_pretrained) plus a model card, README.md, drawn from the checkpoint and the run's
-metrics.jsonl, with the loss curve loss.png. --include-training-state adds the raw checkpoint and
-the run's log files under training/, so the run can be resumed or audited from the Hub.
+The folder it uploads is what transformers' AutoModelForCausalLM and AutoTokenizer load (written by
+model.py's save_pretrained: a GPT2LMHeadModel for GPT-2, a LlamaForCausalLM for GPT-2.5, with the
+tokenizer the checkpoint was trained with) plus a model card, README.md, drawn from the checkpoint
+and the run's metrics.jsonl, with the loss curve loss.png. --include-training-state adds the raw
+checkpoint and the run's log files under training/, so the run can be resumed or audited from the Hub.
 
 Everything that can go wrong locally is checked before the first network call: the token, the
 repo id, the checkpoint, and that the exported folder reloads to the same logits as the checkpoint.
@@ -31,7 +32,7 @@ from huggingface_hub import HfApi, ModelCardData, get_token
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
 
 from fineweb import FINEWEB_EDU_REPO, SOURCES, ShardError, read_meta
-from model import GPT
+from model import GPT, GPTConfig, load_tokenizer
 from train_gpt2 import GPT2_124M_HELLASWAG, GPT2_124M_VAL_LOSS, TrainConfig, latest_checkpoint, latest_per_step, list_checkpoints, read_metrics
 
 CHECKPOINT_KEYS = ("model", "model_config", "step", "tokens_seen", "config", "format_version")
@@ -52,6 +53,7 @@ class UploadConfig:
     repo_id: str  # namespace/name on the Hub
     log_dir: str | None = None  # None: the --checkpoint's folder, else train_gpt2.py's default
     checkpoint: str | None = None  # None: the newest complete checkpoint in the log dir
+    tokenizer: str | None = None  # for a checkpoint that does not record its tokenizer; None: the one it records, else GPT-2's
     private: bool | None = None  # None: the Hub's default for a new repo (public unless its organisation says otherwise)
     revision: str | None = None  # branch to commit to; None: the repo's default branch
     commit_message: str | None = None  # None: names the checkpoint, its step and tokens
@@ -139,7 +141,8 @@ def read_checkpoint(path: Path) -> tuple[dict, GPT]:
         model = GPT.from_checkpoint(path)
     except (ValueError, RuntimeError) as error:  # bad model_config, or weights that do not fit it
         # load_state_dict lists every mismatched tensor on its own line: two make the point.
-        problems = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = error.__cause__ if isinstance(error.__cause__, RuntimeError) else error
+        problems = [line.strip() for line in str(detail).splitlines() if line.strip()]
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UploadError(f"--checkpoint {path}: {' '.join(problems[:3])}{more}") from error
     return checkpoint, model.eval()
@@ -182,8 +185,14 @@ def source_dataset(data_dir: str) -> str | None:
 # The model card
 
 
-def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metrics: dict, num_params: int, has_plot: bool) -> str:
+def model_family(model_config: dict) -> str:
+    return "GPT-2.5" if GPTConfig.from_dict(model_config).hf_architecture == "LlamaForCausalLM" else "GPT-2"
+
+
+def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metrics: dict, num_params: int, has_plot: bool,
+               tokenizer_json: str | None, vocab_size: int) -> str:
     train_config, model_config = checkpoint["config"], checkpoint["model_config"]
+    family = model_family(model_config)
     step, tokens_seen = checkpoint["step"], checkpoint["tokens_seen"]
     data = str(train_config.get("data", "unknown"))
     dataset = source_dataset(data)
@@ -191,7 +200,7 @@ def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metri
         license="mit",
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["gpt2", "nanogpt", "pretrained-from-scratch"],
+        tags=["gpt2", "nanogpt", "pretrained-from-scratch"] + (["llama"] if family == "GPT-2.5" else []),
         datasets=[dataset] if dataset else None,
     )
     name = cfg.repo_id.split("/")[1]
@@ -199,14 +208,24 @@ def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metri
     max_steps = train_config.get("max_steps")
     progress = f" of the {max_steps:,} planned" if isinstance(max_steps, int) and step < max_steps else ""
 
+    tokenizer = "GPT-2's tokenizer" if tokenizer_json is None else f"its own byte-level BPE tokenizer of {vocab_size:,} tokens"
     lines = [
         f"# {name}",
         "",
-        f"A GPT-2 language model ({num_params / 1e6:.0f}M parameters: {model_config['n_layer']} layers, "
+        f"A {family} language model ({num_params / 1e6:.0f}M parameters: {model_config['n_layer']} layers, "
         f"{model_config['n_head']} heads, {model_config['n_embd']}-dimensional embeddings, a context of "
-        f"{model_config['block_size']} tokens, GPT-2's tokenizer) trained from scratch with `train_gpt2.py`, "
+        f"{model_config['block_size']} tokens, {tokenizer}) trained from scratch with `train_gpt2.py`, "
         "a reproduction of GPT-2 in the style of nanoGPT / build-nanogpt.",
         "",
+    ]
+    if family == "GPT-2.5":
+        lines += [
+            "GPT-2.5 is GPT-2's size with the components of current models: RMSNorm, a SwiGLU MLP, rotary position "
+            "embeddings and no biases. That is Llama's architecture, so it is saved in Llama format: transformers "
+            "loads it as `LlamaForCausalLM`, with no custom code.",
+            "",
+        ]
+    lines += [
         f"It is checkpoint `{checkpoint_path.name}`: {step:,} optimizer steps{progress}, "
         f"{tokens_seen:,} training tokens, on {data_text}.",
         "",
@@ -250,10 +269,10 @@ def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metri
         "## Usage",
         "",
         "```python",
-        "from transformers import AutoTokenizer, GPT2LMHeadModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         f'tokenizer = AutoTokenizer.from_pretrained("{cfg.repo_id}"{revision})',
-        f'model = GPT2LMHeadModel.from_pretrained("{cfg.repo_id}"{revision})',
+        f'model = AutoModelForCausalLM.from_pretrained("{cfg.repo_id}"{revision})',
         "inputs = tokenizer(\"Hello, I'm a language model,\", return_tensors=\"pt\")",
         "outputs = model.generate(**inputs, max_new_tokens=32, do_sample=True, top_k=50, pad_token_id=tokenizer.eos_token_id)",
         "print(tokenizer.decode(outputs[0], skip_special_tokens=True))",
@@ -298,16 +317,25 @@ def export(cfg: UploadConfig, checkpoint_path: Path, log_dir: Path, folder: Path
     checkpoint, model = read_checkpoint(checkpoint_path)
     print(f"checkpoint {checkpoint_path}: step {checkpoint['step']:,}, {checkpoint['tokens_seen']:,} tokens seen")
     metrics = run_record(log_dir, checkpoint["step"])
+    # The tokenizer the checkpoint records (its tokenizer.json, or None for GPT-2's), or --tokenizer
+    # for one that records none; load_tokenizer checks that it fits the model.
     try:
-        model.save_pretrained(folder)
-    except (ValueError, RuntimeError) as error:  # bias=False, a foreign vocabulary, no tokenizer files
-        raise UploadError(f"--checkpoint {checkpoint_path} cannot be exported to transformers' GPT-2: {error}") from error
+        load_tokenizer(checkpoint_path, model.config.vocab_size, cfg.tokenizer)
+    except (OSError, ValueError) as error:
+        raise UploadError(f"--checkpoint {checkpoint_path}: {error}") from error
+    tokenizer_json = checkpoint.get("tokenizer_json")
+    if tokenizer_json is None and cfg.tokenizer is not None:
+        tokenizer_json = Path(cfg.tokenizer).read_text(encoding="utf-8")
+    try:
+        model.save_pretrained(folder, tokenizer_json)
+    except (ValueError, RuntimeError) as error:  # an architecture transformers lacks, no tokenizer files
+        raise UploadError(f"--checkpoint {checkpoint_path} cannot be exported to transformers: {error}") from error
     # The card counts the exported model's parameters: without the checkpoint's vocabulary padding.
     num_params = verify_export(model, folder, checkpoint_path).num_params()
     plot = log_dir / "loss.png"
     if plot.is_file():
         shutil.copyfile(plot, folder / "loss.png")
-    card = model_card(cfg, checkpoint, checkpoint_path, metrics, num_params, plot.is_file())
+    card = model_card(cfg, checkpoint, checkpoint_path, metrics, num_params, plot.is_file(), tokenizer_json, model.config.vocab_size)
     (folder / "README.md").write_text(card)
     if cfg.include_training_state:
         copy_training_state(checkpoint_path, log_dir, folder / TRAINING_DIR)
@@ -351,7 +379,8 @@ def install(staging: Path, out: Path) -> None:
 
 def upload(cfg: UploadConfig, token: str, folder: Path, checkpoint_path: Path, checkpoint: dict) -> None:
     message = cfg.commit_message or (
-        f"Upload GPT-2 from {checkpoint_path.name} (step {checkpoint['step']:,}, {checkpoint['tokens_seen']:,} tokens)"
+        f"Upload {model_family(checkpoint['model_config'])} from {checkpoint_path.name} (step {checkpoint['step']:,}, "
+        f"{checkpoint['tokens_seen']:,} tokens)"
     )
     api = HfApi(token=token)
     try:
@@ -407,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", required=True, help="Hub repository to create or update, namespace/name")
     parser.add_argument("--log-dir", help=f"train_gpt2.py's log folder: checkpoints, metrics.jsonl, loss.png (default: the --checkpoint's folder, else {TrainConfig.log_dir})")
     parser.add_argument("--checkpoint", help="checkpoint to publish (default: the newest ckpt_NNNNNN.pt in --log-dir)")
+    parser.add_argument("--tokenizer", metavar="PATH",
+                        help="the tokenizer.json the model was trained with, for a checkpoint that does not record it "
+                             "(default: the one it records, else GPT-2's)")
     parser.add_argument("--private", action=argparse.BooleanOptionalAction, default=UploadConfig.private,
                         help="create the repo private, or public with --no-private (default: the Hub's default; an existing repo keeps its visibility)")
     parser.add_argument("--revision", help="branch to commit to, created if missing (default: the repo's default branch)")
