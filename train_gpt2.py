@@ -379,8 +379,8 @@ class DataLoader:
     Each epoch visits the shards in a seeded random order and the windows inside each shard in a
     seeded random order (ordered data causes periodic bumps in the loss). The global batch of a
     micro-step is the next micro_batch * world_size windows; rank r takes the r-th slice of it, so
-    ranks read disjoint data and every window is used once per epoch (the windows that do not fill
-    a last global batch wait for the next epoch's order). `position` counts global windows, so the
+    ranks read disjoint data and every window is used at most once per epoch (the few windows that
+    do not fill a last global batch are skipped in that epoch). `position` counts global windows, so the
     state does not depend on the world size. The validation split is read in order, unshuffled.
     """
 
@@ -459,7 +459,8 @@ class DataLoader:
 # Logs: metrics.jsonl is append-only (a resumed run adds to it) and the plot is drawn from it.
 
 # Peak dense bf16 tensor-core FLOP/s, for MFU. Unknown devices get no MFU rather than a guess.
-PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+# Checked in order, so the PCIe and NVL variants of the H100 match before the SXM part.
+PEAK_BF16_FLOPS = {"A100": 312e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12}
 # GPT-2 124M reference lines for the plot: the OpenAI checkpoint's HellaSwag acc_norm with
 # hellaswag.py's scoring, and its validation loss on FineWeb-Edu's first 100M-token shard as
 # build-nanogpt measured it.
@@ -544,7 +545,9 @@ def plot_metrics(log_dir: Path) -> Path:
     ax_loss.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss", lw=0.8, alpha=0.7)
     val = [r for r in evals if r.get("val_loss") is not None]
     ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss", ms=3)
-    ax_loss.axhline(GPT2_124M_VAL_LOSS, color="r", ls="--", label=f"OpenAI GPT-2 124M val loss ({GPT2_124M_VAL_LOSS})")
+    headers = [r for r in records if r["type"] == "header"]
+    if headers and "fineweb" in str(headers[-1]["config"].get("data", "")):  # the reference holds for FineWeb-Edu only
+        ax_loss.axhline(GPT2_124M_VAL_LOSS, color="r", ls="--", label=f"OpenAI GPT-2 124M val loss ({GPT2_124M_VAL_LOSS})")
     ax_loss.set(xlabel="step", ylabel="loss", title="loss")
     if train:
         ax_loss.set_ylim(top=min(max(r["train_loss"] for r in train), 12.0) + 0.2)
