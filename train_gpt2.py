@@ -233,6 +233,9 @@ class TrainConfig:
 
 PRESETS = {
     "gpt2": {},
+    # GPT-2 124M's size with RMSNorm, SwiGLU, RoPE and no biases (model.py's gpt2.5), which trains
+    # stably at a 3x higher learning rate.
+    "gpt2.5": dict(model="gpt2.5", max_lr=1.8e-3, min_lr=1.8e-4, log_dir="log/gpt2.5-124m"),
     # A tiny model on the Python standard library's sources (fineweb.py --dataset pystdlib): about two
     # minutes on 2 CPU cores, with evaluation, sampling and checkpoints, to check a setup end to end.
     "smoke": dict(

@@ -70,6 +70,8 @@ def test_presets_and_flags():
     assert (cfg.beta1, cfg.beta2, cfg.eps) == (0.9, 0.95, 1e-8)
     assert make_plan(cfg, world_size=8, block_size=1024).grad_accum_steps == 1
     assert make_plan(cfg, world_size=1, block_size=1024).grad_accum_steps == 8
+    modern = train_gpt2.parse_config(["--preset", "gpt2.5"])
+    assert (modern.model, modern.max_lr, modern.weight_decay, modern.beta1, modern.beta2) == ("gpt2.5", 1.8e-3, 0.1, 0.9, 0.95)
     smoke = train_gpt2.parse_config(["--preset", "smoke", "--max-steps", "7", "--no-compile"])
     assert smoke.model == "tiny" and smoke.max_steps == 7 and smoke.compile is False
 
