@@ -1,4 +1,4 @@
-"""Train GPT-2 on fineweb.py's token shards: one device, DDP or FSDP2 under torchrun, one node or many.
+"""Train GPT-2 (or GPT-2.5) on fineweb.py's token shards: one device, DDP or FSDP2 under torchrun, one node or many.
 
     python train_gpt2.py                                          # one GPU (or mps, or CPU)
     torchrun --standalone --nproc_per_node=8 train_gpt2.py        # 8 GPUs: GPT-2 124M on 10B tokens
@@ -7,6 +7,10 @@
     torchrun --standalone --nproc_per_node=8 train_gpt2.py --model gpt2-xl --fsdp --micro-batch 8
     python train_gpt2.py --convert-checkpoint log/gpt2-124m/ckpt_019073.dcp   # -> ckpt_019073.pt
     python fineweb.py --dataset pystdlib --max-tokens 2000000 && python train_gpt2.py --preset smoke
+    python train_gpt2.py --preset gpt2.5                          # GPT-2.5: RMSNorm, SwiGLU, RoPE, no biases
+
+The model's vocabulary is the data's: shards made with a tokenizer.json (train_tokenizer.py, then
+fineweb.py --tokenizer) give a model of that many tokens, and checkpoints carry the tokenizer.
 
 Checkpoints are ckpt_{step:06d}.pt files (the whole model and optimizer state, written by rank 0),
 or with --fsdp ckpt_{step:06d}.dcp folders (torch.distributed.checkpoint: every rank writes its
@@ -46,8 +50,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
-from fineweb import ShardError, list_shards, load_shard
-from model import EOT_TOKEN, GPT, GPTConfig, decode_completion, get_tokenizer
+from fineweb import ShardError, list_shards, load_shard, read_meta
+from model import GPT, GPTConfig, decode_completion, get_tokenizer, tokenizer_from_json, vocab_sha256
 
 # -----------------------------------------------------------------------------
 # Devices and distributed plumbing, shared by every script that runs a model.
@@ -197,6 +201,7 @@ class TrainConfig:
     # The defaults are the "gpt2" preset: GPT-2 124M on 10B tokens of FineWeb-Edu (build-nanogpt's recipe).
     model: str = "gpt2"  # a model.py preset
     data: str = "data/edu_fineweb10B"
+    tokenizer: str | None = None  # the shards' tokenizer.json; None: the one their meta.json records
     log_dir: str = "log/gpt2-124m"
     total_batch: int = 524_288  # tokens per optimizer step, 2**19, about 0.5M as in GPT-3 Small
     micro_batch: int = 64  # sequences per forward pass on each rank
@@ -211,7 +216,7 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    pad_vocab: bool = True  # pad the embedding to 50304 rows, a multiple of 64, for faster matmuls
+    pad_vocab: bool = True  # pad the embedding to a multiple of 64 rows (GPT-2's 50257 -> 50304), for faster matmuls
     seed: int = 1337
     eval_every: int = 250
     val_steps: int = 20  # validation micro-batches per rank at each evaluation
@@ -261,7 +266,9 @@ PRESETS = {
 
 # Help for every flag; argparse is built from the dataclass so the two cannot drift apart.
 FLAG_HELP = {
-    "model": "model.py preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny",
+    "model": "model.py preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2.5, tiny, tiny-2.5",
+    "tokenizer": "the tokenizer.json the shards were made with, where their meta.json's path to it does not "
+                 "lead to it (default: that path; GPT-2's tokenizer for shards made without --tokenizer)",
     "data": "folder of fineweb.py shards (default in a SageMaker job: $SM_CHANNEL_TRAIN)",
     "log_dir": "where metrics.jsonl, loss.png and checkpoints go (default in a SageMaker job: $SM_MODEL_DIR)",
     "total_batch": "tokens per optimizer step, summed over ranks and gradient-accumulation steps",
@@ -805,22 +812,40 @@ def evaluate_val_loss(model, loader: DataLoader, steps: int, device: torch.devic
     return summed / count
 
 
-def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device) -> list[str]:
+def data_tokenizer(cfg: TrainConfig):
+    """The tokenizer the shards were made with, and its tokenizer.json's text (None for GPT-2's),
+    which checkpoints carry so that generate.py, hellaswag.py and upload_hf.py use it too.
+
+    meta.json records the tokenizer's path and the hash of its vocabulary; --tokenizer replaces
+    the path (shards from the Hub, a moved file), never the vocabulary.
+    """
+    record = read_meta(cfg.data)["tokenizer"]
+    path = cfg.tokenizer or record.get("path")
+    try:
+        enc = get_tokenizer(path)
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{cfg.data} was tokenized with {record['name']}, which cannot be loaded ({e}): pass its tokenizer.json as --tokenizer") from e
+    if vocab_sha256(enc) != record["vocab_sha256"]:
+        raise TrainError(f"{path or 'GPT-2'}'s tokenizer is not {record['name']}, which {cfg.data} was tokenized with: "
+                         "pass that one's tokenizer.json as --tokenizer")
+    return enc, None if path is None else Path(path).read_text(encoding="utf-8")
+
+
+def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device, enc) -> list[str]:
     """A few sampled continuations of the sample prompt, seeded so runs can be compared.
 
     Under FSDP every rank calls this (each forward all-gathers the weights), and generation runs to
     sample_tokens without stopping early at <|endoftext|>, so that all ranks make the same number of
     forward passes whatever they sample; the text is cut at <|endoftext|> all the same.
     """
-    enc = get_tokenizer()
     prompt = torch.tensor([enc.encode_ordinary(cfg.sample_prompt)] * cfg.num_samples, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     raw_model.eval()
     with autocast_context(device):
-        out = raw_model.generate(prompt, cfg.sample_tokens, stop_token=None if cfg.fsdp else EOT_TOKEN, top_k=50,
+        out = raw_model.generate(prompt, cfg.sample_tokens, stop_token=None if cfg.fsdp else enc.eot_token, top_k=50,
                                  generator=generator)
     raw_model.train()
-    return [cfg.sample_prompt + decode_completion(row[prompt.size(1):]) for row in out.tolist()]
+    return [cfg.sample_prompt + decode_completion(row[prompt.size(1):], enc=enc) for row in out.tolist()]
 
 
 HELLASWAG_BATCH = 16  # examples (of 4 rows each) per forward pass
@@ -922,7 +947,9 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
     if cfg.fsdp and not dist.is_initialized():
         raise TrainError("--fsdp shards the model over the processes that torchrun starts: launch with torchrun "
                          "(--nproc_per_node=1 works too), or drop --fsdp")
-    model_config = GPTConfig.from_preset(cfg.model, pad_vocab_multiple=64 if cfg.pad_vocab else 1)
+    # The vocabulary is the data's: GPT-2's 50257 tokens, or a tokenizer.json's (train_tokenizer.py).
+    enc, tokenizer_json = data_tokenizer(cfg)
+    model_config = GPTConfig.from_preset(cfg.model, vocab_size=enc.n_vocab, pad_vocab_multiple=64 if cfg.pad_vocab else 1)
     plan = make_plan(cfg, dist_info.world_size, model_config.block_size)
     log_dir = Path(cfg.log_dir)
 
@@ -933,11 +960,18 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         raise TrainError(f"{resume_path} is not visible to every rank: with several nodes, --log-dir must be on "
                          "storage that all of them share (NFS, Lustre, ...)")
     checkpoint = load_checkpoint(resume_path) if resume_path else None
-    if checkpoint and checkpoint["model_config"] != model_config.to_dict():
+    # Compared as configs, so that checkpoints written before a config field existed (with its default) still fit.
+    if checkpoint and GPTConfig.from_dict(checkpoint["model_config"]) != model_config:
         raise TrainError(
             f"{resume_path} holds a model with config {checkpoint['model_config']}, but --model {cfg.model} "
-            f"--{'' if cfg.pad_vocab else 'no-'}pad-vocab asks for {model_config.to_dict()}; pass the flags it was trained with"
+            f"--{'' if cfg.pad_vocab else 'no-'}pad-vocab on {cfg.data}'s {enc.n_vocab} tokens asks for {model_config.to_dict()}; "
+            "pass the flags it was trained with"
         )
+    if checkpoint:
+        recorded = checkpoint.get("tokenizer_json")  # None, or absent in older checkpoints: GPT-2's
+        if vocab_sha256(get_tokenizer() if recorded is None else tokenizer_from_json(recorded)) != vocab_sha256(enc):
+            raise TrainError(f"{resume_path} was trained with another tokenizer than {cfg.data}'s ({enc.name}): "
+                             "resume on the data it was trained on")
 
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the matmuls that autocast leaves in fp32
@@ -1004,9 +1038,9 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         if examples:
             with autocast_context(device):
                 result = hellaswag.evaluate(raw_model, examples, device, batch_size=HELLASWAG_BATCH, rank=dist_info.rank,
-                                            world_size=dist_info.world_size)
+                                            world_size=dist_info.world_size, enc=enc)
             record.update(hellaswag_acc_norm=result.acc_norm, hellaswag_acc=result.acc, hellaswag_n=result.n)
-        samples = text_samples(raw_model, cfg, device) if master or cfg.fsdp else []
+        samples = text_samples(raw_model, cfg, device, enc) if master or cfg.fsdp else []
         if master:
             metrics.write("eval", **record)
             hs = "" if record["hellaswag_acc_norm"] is None else f" | hellaswag acc_norm {record['hellaswag_acc_norm']:.4f}"
@@ -1026,7 +1060,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         train_state = {
             "format_version": 1, "model_config": model_config.to_dict(), "step": step, "tokens_seen": tokens_seen,
             "train_loader": train_loader.state_dict(), "rng": rng_states, "config": asdict(cfg),
-            "val_loss": last_eval.get("val_loss"),
+            "val_loss": last_eval.get("val_loss"), "tokenizer_json": tokenizer_json,
         }
         t0 = time.perf_counter()
         if cfg.fsdp:

@@ -2,6 +2,8 @@
 and carrying it through every stage: shards, training, generation, HellaSwag, export."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,36 +196,64 @@ def test_fineweb_shards_with_a_trained_tokenizer(bpe, tmp_path, capsys):
     assert "--tokenizer " in capsys.readouterr().err
 
 
+def train_args(data, log_dir, *extra):
+    return ["--preset", "smoke", "--model", "tiny-2.5", "--data", str(data), "--log-dir", str(log_dir), "--device", "cpu",
+            "--micro-batch", "4", "--seq-len", "32", "--total-batch", "256", "--max-steps", "6", "--warmup-steps", "2",
+            "--eval-every", "6", "--save-every", "6", "--val-steps", "2", "--no-hellaswag", "--sample-tokens", "4", *extra]
+
+
+def make_shards(out, tokenizer, max_tokens=40000):
+    assert fineweb.main(["--dataset", "pystdlib", "--max-tokens", str(max_tokens), "--val-tokens", "4000", "--out", str(out),
+                         "--workers", "1", "--tokenizer", str(tokenizer)]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def run(bpe, tmp_path_factory):
-    """tiny-2.5 trained on shards made with the BPE. The vocab_size comes from a preset, and the text
-    samples' tokenizer from a stand-in: train_gpt2.py does not read meta.json's tokenizer record yet."""
+    """tiny-2.5 trained on shards made with the BPE: train_gpt2.py takes the vocabulary from their
+    meta.json and records the tokenizer in its checkpoints. "old" is the checkpoint without that
+    record, as train_gpt2.py wrote checkpoints before it kept one."""
     root = tmp_path_factory.mktemp("bpe-run")
-    data = root / "data"
-    assert fineweb.main(["--dataset", "pystdlib", "--max-tokens", "40000", "--val-tokens", "4000", "--out", str(data),
-                         "--workers", "1", "--tokenizer", str(bpe)]) == 0
-    assert fineweb.read_meta(data)["tokenizer"]["n_vocab"] == VOCAB_SIZE
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setitem(model.PRESETS, "tiny-2.5-bpe", {**model.PRESETS["tiny-2.5"], "vocab_size": VOCAB_SIZE})
-        monkeypatch.setattr(train_gpt2, "get_tokenizer", lambda path=None: get_tokenizer(bpe))
-        assert train_gpt2.main(["--preset", "smoke", "--model", "tiny-2.5-bpe", "--data", str(data), "--log-dir", str(root / "log"),
-                                "--device", "cpu", "--micro-batch", "4", "--seq-len", "32", "--total-batch", "256", "--max-steps", "6",
-                                "--warmup-steps", "2", "--eval-every", "6", "--save-every", "6", "--val-steps", "2", "--no-hellaswag",
-                                "--sample-tokens", "4"]) == 0  # fmt: skip
-    checkpoint_path = root / "log" / "ckpt_000006.pt"
-    # What train_gpt2.py writes once it records the tokenizer: the same checkpoint with its tokenizer.json.
-    recording = root / "recording"
-    recording.mkdir()
-    checkpoint = torch.load(checkpoint_path, weights_only=True)
-    torch.save({**checkpoint, "tokenizer_json": bpe.read_text()}, recording / "ckpt_000006.pt")
-    return {"data": data, "old": checkpoint_path, "recording": recording / "ckpt_000006.pt"}
+    data = make_shards(root / "data", bpe)
+    assert train_gpt2.main(train_args(data, root / "log")) == 0
+    recording = root / "log" / "ckpt_000006.pt"
+    checkpoint = torch.load(recording, weights_only=True)
+    assert checkpoint["tokenizer_json"] == bpe.read_text()
+    (root / "old").mkdir()
+    torch.save({k: v for k, v in checkpoint.items() if k != "tokenizer_json"}, root / "old" / "ckpt_000006.pt")
+    return {"data": data, "log": root / "log", "old": root / "old" / "ckpt_000006.pt", "recording": recording}
 
 
 def test_shards_made_with_it_train_a_model_of_its_vocabulary(run):
-    m = GPT.from_checkpoint(run["old"])
+    m = GPT.from_checkpoint(run["recording"])
     assert m.config.vocab_size == VOCAB_SIZE and m.config.positions == "rope"
-    losses = [r["train_loss"] for r in train_gpt2.read_metrics(run["old"].parent / "metrics.jsonl") if r["type"] == "train"]
+    records = train_gpt2.read_metrics(run["log"] / "metrics.jsonl")
+    losses = [r["train_loss"] for r in records if r["type"] == "train"]
     assert abs(losses[0] - np.log(VOCAB_SIZE)) < 0.5 and losses[-1] < losses[0] - 0.2
+    # The text samples are encoded and decoded with the data's tokenizer.
+    samples = [r["text"] for r in records if r["type"] == "sample"]
+    assert samples and all(text.startswith("Hello, I'm a language model,") for text in samples)
+
+
+def test_train_gpt2_finds_the_tokenizer_and_refuses_another(run, bpe, tmp_path, capsys):
+    # A moved tokenizer file: meta.json's path leads nowhere, --tokenizer points to it.
+    data = Path(shutil.copytree(run["data"], tmp_path / "data"))
+    meta = json.loads((data / "meta.json").read_text())
+    meta["tokenizer"]["path"] = str(tmp_path / "moved.json")
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert train_gpt2.main(train_args(data, tmp_path / "a", "--stop-at-step", "1")) == 2
+    err = capsys.readouterr().err
+    assert "moved.json cannot be read" in err and "pass its tokenizer.json as --tokenizer" in err
+    assert train_gpt2.main(train_args(data, tmp_path / "a", "--stop-at-step", "1", "--tokenizer", str(bpe))) == 0
+    other = tmp_path / "other.json"
+    assert train(other, "--dataset", "pystdlib", "--max-chars", "300000") == 0
+    capsys.readouterr()
+    assert train_gpt2.main(train_args(data, tmp_path / "b", "--tokenizer", str(other))) == 2
+    assert f"other.json's tokenizer is not {get_tokenizer(bpe).name}, which {data} was tokenized with" in capsys.readouterr().err
+    # Resuming on the data of another tokenizer of the same size is refused.
+    other_data = make_shards(tmp_path / "other-data", other)
+    assert train_gpt2.main(train_args(other_data, run["log"], "--resume", "auto")) == 2
+    assert "was trained with another tokenizer" in capsys.readouterr().err
 
 
 def test_generate_uses_the_tokenizer_the_checkpoint_records(run, bpe, tmp_path, capsys):
