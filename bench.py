@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model import GPT, GPTConfig
 from train_gpt2 import PRESETS as TRAIN_PRESETS
-from train_gpt2 import TrainConfig, device_name, peak_flops, resolve_device
+from train_gpt2 import TrainConfig, device_name, peak_flops, resolve_device, synchronize
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,6 @@ class BenchConfig:
     ladder: bool = False
     larger_batch: int | None = None  # with --ladder, one more rung at this micro-batch
     json_out: str | None = None
-
-
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:

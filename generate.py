@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from model import GPT, PRESETS, GPTConfig, decode_completion, get_tokenizer, load_model, load_tokenizer
-from train_gpt2 import autocast_context, resolve_device
+from train_gpt2 import autocast_context, resolve_device, synchronize
 
 DEFAULT_PROMPT = "Hello, I'm a language model,"
 SEPARATOR = "-" * 40  # printed after every sample
@@ -185,11 +185,6 @@ def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device)
     return texts
 
 
-def _synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict:
     """Time config.bench_tokens new tokens with and without the KV cache; print and return the timings."""
     tokens = encode_prompt(config.prompt[0], enc, model.config.block_size)
@@ -201,13 +196,13 @@ def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict
 
     def run(use_kv_cache: bool, max_new_tokens: int) -> float:
         generator = torch.Generator(device=device).manual_seed(config.seed)
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         with autocast_context(device):
             # No stop token: every run generates exactly max_new_tokens.
             model.generate(idx, max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
                            generator=generator, use_kv_cache=use_kv_cache)
-        _synchronize(device)
+        synchronize(device)
         return (time.perf_counter() - start) * 1000
 
     # Warm-up (allocations, kernel selection, thread pools) stays out of the timings.

@@ -76,6 +76,14 @@ def resolve_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def synchronize(device: torch.device):
+    """Wait for the device's queued work, so wall-clock timings measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def autocast_context(device: torch.device):
     """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision elsewhere."""
     if device.type == "cuda":
@@ -1119,8 +1127,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         dt = time.perf_counter() - t0
         tokens_seen += plan.tokens_per_step
         tokens_per_s = plan.tokens_per_step / dt
