@@ -3,6 +3,7 @@
 import fnmatch
 import io
 import json
+import re
 import shutil
 import socket
 import urllib.request
@@ -94,6 +95,9 @@ def test_bad_flag_combinations(tmp_path, capsys):
     assert "--val-tokens" in capsys.readouterr().err
     assert fineweb.main(["--dataset", "pystdlib", "--input", "x.txt"]) == 2
     assert "only one of" in capsys.readouterr().err
+    for flag in ("--workers", "--bench-repeats"):
+        assert fineweb.main(["--dataset", "pystdlib", flag, "0", "--bench"]) == 2
+        assert f"{flag} must be at least 1, not 0" in capsys.readouterr().err
 
 
 def test_val_split_too_large_for_corpus_says_what_to_do(tmp_path, capsys):
@@ -357,8 +361,14 @@ def test_fineweb_edu_streams_sample_10bt(tmp_path, monkeypatch):
 
 def test_bench_reports_both_rates_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "untouched"
-    assert fineweb.main(["--dataset", "pystdlib", "--max-tokens", "50000", "--bench", "--workers", "2", "--out", str(out)]) == 0
+    argv = ["--dataset", "pystdlib", "--max-tokens", "50000", "--bench", "--bench-repeats", "2", "--workers", "2", "--out", str(out)]
+    assert fineweb.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "pipeline, 2 workers: 50,000 tokens" in printed
-    assert "encode_ordinary, 1 thread" in printed and "speedup" in printed
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("round")] == ["round 1", "round 2"]
+    assert "pipeline, 2 workers: 50,000 tokens, best" in printed
+    # The reference encodes the documents the pipeline read, whole: at least the tokens the pipeline kept.
+    single = int(re.search(r"encode_ordinary, 1 thread: ([\d,]+) tokens", printed).group(1).replace(",", ""))
+    assert single >= 50_000
+    assert re.search(r"speedup: \d+\.\d\dx best to best \(median \d+\.\d\dx\) with 2 workers", printed)
+    assert re.search(r"ceiling, 2 copies of encode_ordinary at once: \d+\.\d\dx", printed)
     assert not out.exists()
