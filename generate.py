@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     defaults = GenerateConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-m", "--model", default=defaults.model,
-                        help="a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face folder, or a train_gpt2.py checkpoint")
+                        help="a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face folder, or a train_gpt2.py checkpoint "
+                             "(a ckpt_NNNNNN.pt file, or a ckpt_NNNNNN.dcp folder from --fsdp)")
     parser.add_argument("--tokenizer", default=defaults.tokenizer, metavar="PATH",
                         help="the model's tokenizer.json, for a model that does not record its tokenizer, or for "
                              "--bench-preset (default: the one the model records, else GPT-2's)")

@@ -316,7 +316,8 @@ def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
     defaults = HellaSwagConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-m", "--model", default=defaults.model,
-                        help="a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face folder, or a train_gpt2.py checkpoint")
+                        help="a Hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a Hugging Face folder, or a train_gpt2.py checkpoint "
+                             "(a ckpt_NNNNNN.pt file, or a ckpt_NNNNNN.dcp folder from --fsdp)")
     parser.add_argument("--tokenizer", default=defaults.tokenizer, metavar="PATH",
                         help="the model's tokenizer.json, for a model that does not record its tokenizer "
                              "(default: the one it records, else GPT-2's)")

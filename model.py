@@ -25,6 +25,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -644,15 +645,17 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> GPT:
-        """The model of a train_gpt2.py checkpoint (its model config and raw state dict)."""
+        """The model of a train_gpt2.py checkpoint: a ckpt_*.pt file (its model config and raw state
+        dict), or a --fsdp ckpt_*.dcp folder, of which only the model's tensors are read."""
         path = Path(path)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path} is not a readable train_gpt2.py checkpoint ({e})") from e
-        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
-            raise ValueError(f"{path} is not a train_gpt2.py checkpoint: it lacks 'model' and 'model_config'")
+        checkpoint = read_checkpoint_state(path)
+        required = ("model_config",) if path.is_dir() else ("model", "model_config")  # a folder's tensors are in its shards
+        if any(key not in checkpoint for key in required):
+            raise ValueError(f"{path} is not a train_gpt2.py checkpoint: it lacks {' and '.join(map(repr, required))}")
         model = cls(GPTConfig.from_dict(checkpoint["model_config"]))
+        if path.is_dir():
+            _read_sharded_model(model, path)
+            return model
         try:
             model.load_state_dict(checkpoint["model"])
         except RuntimeError as e:
@@ -696,9 +699,10 @@ def sample_next_token(
 
 
 def load_model(name_or_path: str | os.PathLike) -> GPT:
-    """A train_gpt2.py checkpoint file, a Hugging Face GPT-2 folder, or a Hub name (gpt2, ...)."""
+    """A train_gpt2.py checkpoint (a ckpt_*.pt file or a --fsdp ckpt_*.dcp folder), a Hugging Face
+    GPT-2 folder, or a Hub name (gpt2, ...)."""
     path = Path(name_or_path)
-    if path.is_file():
+    if is_checkpoint_path(path):
         return GPT.from_checkpoint(path)
     if path.is_dir() or str(name_or_path) in HF_REPO_IDS:
         return GPT.from_pretrained(name_or_path)
@@ -738,17 +742,79 @@ def load_tokenizer(name_or_path: str | os.PathLike, vocab_size: int, tokenizer_p
 
 def _recorded_tokenizer(path: Path) -> tuple[bool, str | None]:
     """(whether the model at `path` records its tokenizer, that tokenizer.json's text or None for GPT-2's)."""
-    if path.is_file():
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the weights are not read
-        except Exception as e:
-            raise ValueError(f"{path} is not a readable train_gpt2.py checkpoint ({e})") from e
+    if is_checkpoint_path(path):
+        checkpoint = read_checkpoint_state(path, mmap=True)  # mmap: the weights are not read
         return "tokenizer_json" in checkpoint, checkpoint.get("tokenizer_json")
     if (path / "tokenizer.json").is_file():
         return True, (path / "tokenizer.json").read_text(encoding="utf-8")
     if path.is_dir():
         return (path / "vocab.json").is_file(), None
     return True, None  # a Hub name: OpenAI's GPT-2, with its tokenizer
+
+
+# -----------------------------------------------------------------------------
+# train_gpt2.py's checkpoints. A ckpt_NNNNNN.pt file holds everything in one dict: the model and
+# optimizer state dicts, and the train state (model config, step, data position, RNG states, run
+# config, tokenizer). With --fsdp, a ckpt_NNNNNN.dcp folder (torch.distributed.checkpoint) holds
+# the model and optimizer tensors in shards described by .metadata, and the train state in
+# train_state.pt, which rank 0 writes once every shard is on disk.
+
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+def is_complete_sharded_checkpoint(path: Path) -> bool:
+    # The rename makes a folder complete; these two files guard against one copied in part.
+    return (path / ".metadata").is_file() and (path / TRAIN_STATE_FILE).is_file()
+
+
+def is_checkpoint_path(path: Path) -> bool:
+    """Whether `path` is meant as a train_gpt2.py checkpoint (complete or not): a file, or a folder
+    named *.dcp or holding either of a .dcp folder's own files."""
+    if path.is_file():
+        return True
+    return path.is_dir() and (".dcp" in path.suffixes or (path / ".metadata").is_file() or (path / TRAIN_STATE_FILE).is_file())
+
+
+def read_checkpoint_state(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """A ckpt_*.pt file's whole dict, or a ckpt_*.dcp folder's train state (its tensors stay in the
+    shards). With mmap, a file's tensors are read from disk only when used."""
+    path = Path(path)
+    if path.is_dir():
+        missing = [name for name in (".metadata", TRAIN_STATE_FILE) if not (path / name).is_file()]
+        if missing:
+            raise ValueError(
+                f"{path} is not a complete ckpt_*.dcp folder written by train_gpt2.py --fsdp (it lacks {' and '.join(missing)}, "
+                "as a save cut short or a partial copy would): pass a complete one, or a ckpt_*.pt file"
+            )
+        file = path / TRAIN_STATE_FILE
+    else:
+        file = path
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise ValueError(f"{file} is not a readable train_gpt2.py checkpoint ({e})") from e
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{file} is not a train_gpt2.py checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def _read_sharded_model(model: GPT, folder: Path):
+    """Fill `model` from a .dcp folder's model tensors, whatever number of ranks wrote them. Only
+    those are read: the optimizer's, twice as large, stay on disk."""
+    import torch.distributed.checkpoint as dcp  # imported here: only these folders need it
+
+    state = {"model": model.state_dict()}  # the keys to read, and the tensors to read them into
+    try:
+        with warnings.catch_warnings():
+            # no_dist: this process reads the whole model by itself, also when it is one of several
+            # (hellaswag.py under torchrun gives every rank a copy); torch warns that it assumes so.
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=folder, no_dist=True)
+    except dcp.CheckpointException as e:  # a BaseException, holding the reader's error
+        error, _ = next(iter(e.failures.values()))
+        reason = f"{type(error).__name__}: {error}".rstrip(": ")
+        raise ValueError(f"cannot read the model weights of {folder} ({reason}); it may be damaged or incomplete") from None
+    model.load_state_dict(state["model"])
 
 
 # -----------------------------------------------------------------------------

@@ -51,7 +51,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
 from fineweb import ShardError, list_shards, load_shard, read_meta
-from model import GPT, GPTConfig, decode_completion, get_tokenizer, tokenizer_from_json, vocab_sha256
+from model import (TRAIN_STATE_FILE, GPT, GPTConfig, decode_completion, get_tokenizer, is_complete_sharded_checkpoint,
+                   read_checkpoint_state, tokenizer_from_json, vocab_sha256)
 
 # -----------------------------------------------------------------------------
 # Devices and distributed plumbing, shared by every script that runs a model.
@@ -162,27 +163,16 @@ def decide_on_master(decide, dist_info: Distributed):
 # Checkpoint names. {log_dir}/ckpt_{step:06d}.pt is a single file (rank 0 writes the whole state);
 # {log_dir}/ckpt_{step:06d}.dcp/ a torch.distributed.checkpoint folder (--fsdp: every rank writes
 # its shard, rank 0 adds train_state.pt). Both are written under a name ending in .tmp and renamed
-# when complete, so a name matching the pattern is a checkpoint that can be resumed from.
+# when complete, so a name matching the pattern is a checkpoint that can be resumed from. model.py
+# reads both kinds (read_checkpoint_state, GPT.from_checkpoint), for this script and the others.
 
 CHECKPOINT_PATTERN = "ckpt_[0-9][0-9][0-9][0-9][0-9][0-9].pt"
 SHARDED_CHECKPOINT_PATTERN = "ckpt_[0-9][0-9][0-9][0-9][0-9][0-9].dcp"
-TRAIN_STATE_FILE = "train_state.pt"  # a sharded checkpoint's non-tensor state: step, data position, RNG, config
 
 
 def list_checkpoints(log_dir: str | os.PathLike) -> list[Path]:
-    """Complete single-file checkpoints in log_dir, the kind generate.py, hellaswag.py and
-    upload_hf.py read, oldest first."""
+    """Complete single-file checkpoints in log_dir, oldest first."""
     return sorted(Path(log_dir).glob(CHECKPOINT_PATTERN))
-
-
-def latest_checkpoint(log_dir: str | os.PathLike) -> Path | None:
-    checkpoints = list_checkpoints(log_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
-def is_complete_sharded_checkpoint(path: Path) -> bool:
-    # The rename makes a folder complete; these two files guard against one copied in part.
-    return (path / ".metadata").is_file() and (path / TRAIN_STATE_FILE).is_file()
 
 
 def checkpoint_step(path: Path) -> int:
@@ -194,6 +184,12 @@ def resumable_checkpoints(log_dir: str | os.PathLike) -> list[Path]:
     converted from it) the folder comes last, so it is the one resumed from."""
     folders = [p for p in Path(log_dir).glob(SHARDED_CHECKPOINT_PATTERN) if is_complete_sharded_checkpoint(p)]
     return sorted(list_checkpoints(log_dir) + folders, key=lambda p: (checkpoint_step(p), p.suffix == ".dcp"))
+
+
+def latest_checkpoint(log_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of either kind (what --resume auto takes), or None."""
+    checkpoints = resumable_checkpoints(log_dir)
+    return checkpoints[-1] if checkpoints else None
 
 
 class TrainError(Exception):
@@ -332,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, type=kind, default=None, help=FLAG_HELP[f.name])
     convert = parser.add_argument_group("instead of training, convert a --fsdp checkpoint")
     convert.add_argument("--convert-checkpoint", metavar="DCP_FOLDER",
-                         help="a ckpt_*.dcp folder to rewrite as one ckpt_*.pt file (what generate.py, hellaswag.py and "
-                              "upload_hf.py read; train_gpt2.py resumes from either)")
+                         help="a ckpt_*.dcp folder to rewrite as one ckpt_*.pt file, a single file to copy or share "
+                              "(train_gpt2.py, generate.py, hellaswag.py and upload_hf.py read either)")
     convert.add_argument("--out", metavar="FILE", help="the .pt file to write (default: beside the folder, ckpt_NNNNNN.pt)")
     return parser
 
@@ -667,14 +663,14 @@ TRAIN_STATE_KEYS = {"model_config", "step", "tokens_seen", "train_loader", "rng"
 def load_checkpoint(path: Path) -> dict:
     """A .pt checkpoint's contents, or a .dcp folder's train state (its tensors are read by
     load_sharded_state once the model is built)."""
-    file = path / TRAIN_STATE_FILE if path.is_dir() else path
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TrainError(f"cannot read checkpoint {file} ({e}); pass another with --resume PATH") from e
+        checkpoint = read_checkpoint_state(path)
+    except ValueError as e:
+        raise TrainError(f"{e}; pass another with --resume PATH") from e
     required = TRAIN_STATE_KEYS if path.is_dir() else TRAIN_STATE_KEYS | {"model", "optimizer"}
-    missing = required - set(checkpoint) if isinstance(checkpoint, dict) else required
+    missing = required - set(checkpoint)
     if missing:
+        file = path / TRAIN_STATE_FILE if path.is_dir() else path
         raise TrainError(f"{file} is not a train_gpt2.py checkpoint (missing {sorted(missing)})")
     return checkpoint
 
@@ -721,8 +717,7 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume == "none":
         return None
     if cfg.resume == "auto":
-        checkpoints = resumable_checkpoints(cfg.log_dir)
-        return checkpoints[-1] if checkpoints else None
+        return latest_checkpoint(cfg.log_dir)
     path = Path(cfg.resume)
     if path.is_file() or (path.is_dir() and is_complete_sharded_checkpoint(path)):
         return path

@@ -4,6 +4,9 @@
     python upload_hf.py --log-dir log/gpt2-124m --repo-id YOUR_NAME/gpt2-124m-fineweb-edu --dry-run --out hf/gpt2-124m
     python upload_hf.py --checkpoint log/gpt2-124m/ckpt_010000.pt --repo-id YOUR_NAME/gpt2-124m-step10000 --private
 
+The checkpoint is a ckpt_NNNNNN.pt file, or a ckpt_NNNNNN.dcp folder (train_gpt2.py --fsdp), of
+which only the model's tensors are read.
+
 The folder it uploads is what transformers' AutoModelForCausalLM and AutoTokenizer load (written by
 model.py's save_pretrained: a GPT2LMHeadModel for GPT-2, a LlamaForCausalLM for GPT-2.5, with the
 tokenizer the checkpoint was trained with) plus a model card, README.md, drawn from the checkpoint
@@ -32,7 +35,7 @@ from huggingface_hub import HfApi, ModelCardData, get_token
 from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_repo_id
 
 from fineweb import FINEWEB_EDU_REPO, SOURCES, ShardError, read_meta
-from model import GPT, GPTConfig, load_tokenizer
+from model import GPT, GPTConfig, load_tokenizer, read_checkpoint_state
 from train_gpt2 import GPT2_124M_HELLASWAG, GPT2_124M_VAL_LOSS, TrainConfig, latest_checkpoint, latest_per_step, list_checkpoints, read_metrics
 
 CHECKPOINT_KEYS = ("model", "model_config", "step", "tokens_seen", "config", "format_version")
@@ -106,8 +109,8 @@ def resolve_paths(cfg: UploadConfig) -> tuple[Path, Path]:
     """(checkpoint, log dir): --checkpoint and/or --log-dir, defaulting each from the other."""
     if cfg.checkpoint is not None:
         checkpoint = Path(cfg.checkpoint)
-        if not checkpoint.is_file():
-            raise UploadError(f"--checkpoint {checkpoint} does not exist or is not a file")
+        if not checkpoint.exists():
+            raise UploadError(f"--checkpoint {checkpoint} does not exist")
         return checkpoint, Path(cfg.log_dir) if cfg.log_dir is not None else checkpoint.parent
     log_dir = Path(cfg.log_dir if cfg.log_dir is not None else TrainConfig.log_dir)
     if not log_dir.is_dir():
@@ -115,7 +118,7 @@ def resolve_paths(cfg: UploadConfig) -> tuple[Path, Path]:
     checkpoint = latest_checkpoint(log_dir)
     if checkpoint is None:
         raise UploadError(
-            f"--log-dir {log_dir} holds no checkpoint (ckpt_NNNNNN.pt): train with train_gpt2.py first, "
+            f"--log-dir {log_dir} holds no checkpoint (ckpt_NNNNNN.pt or ckpt_NNNNNN.dcp): train with train_gpt2.py first, "
             "or pass --checkpoint PATH"
         )
     return checkpoint, log_dir
@@ -124,12 +127,11 @@ def resolve_paths(cfg: UploadConfig) -> tuple[Path, Path]:
 def read_checkpoint(path: Path) -> tuple[dict, GPT]:
     """The checkpoint's metadata (tensors memory-mapped, not read) and its model."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises many types for a truncated or foreign file
-        raise UploadError(f"--checkpoint {path} is not a readable train_gpt2.py checkpoint ({error})") from error
-    if not isinstance(checkpoint, dict):
-        raise UploadError(f"--checkpoint {path} is not a train_gpt2.py checkpoint (it holds a {type(checkpoint).__name__})")
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+        checkpoint = read_checkpoint_state(path, mmap=True)
+    except ValueError as error:  # unreadable, not a dict, or an incomplete .dcp folder
+        raise UploadError(f"--checkpoint {error}") from error
+    # A .dcp folder's train state has no "model": its weights are in the shards.
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint and not (key == "model" and path.is_dir())]
     if missing:
         raise UploadError(f"--checkpoint {path} is not a complete train_gpt2.py checkpoint: it lacks {', '.join(missing)}")
     if checkpoint["format_version"] != CHECKPOINT_FORMAT_VERSION:
@@ -351,13 +353,20 @@ def copy_training_state(checkpoint_path: Path, log_dir: Path, target: Path) -> N
     for path in sorted(log_dir.iterdir()):
         if path.is_file() and path not in other_checkpoints and not path.name.startswith(".") and ".tmp" not in path.suffixes:
             shutil.copyfile(path, target / path.name)  # a snapshot: a running trainer appends to these
-    # A checkpoint with its optimizer state is ~1.5 GB at GPT-2 124M: hard-link it where possible.
-    # train_gpt2.py never rewrites a checkpoint in place (it renames a new file over it), so the
-    # link keeps this version.
+    # A checkpoint with its optimizer state is ~1.5 GB at GPT-2 124M: hard-link it (a .dcp folder's
+    # files) where possible. train_gpt2.py never rewrites a checkpoint in place (it renames a new
+    # one over it), so the links keep this version.
+    if checkpoint_path.is_dir():
+        shutil.copytree(checkpoint_path, target / checkpoint_path.name, copy_function=link_or_copy)
+    else:
+        link_or_copy(checkpoint_path, target / checkpoint_path.name)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
     try:
-        os.link(checkpoint_path, target / checkpoint_path.name)
+        os.link(source, target)
     except OSError:  # another filesystem, or one without hard links
-        shutil.copyfile(checkpoint_path, target / checkpoint_path.name)
+        shutil.copyfile(source, target)
 
 
 def install(staging: Path, out: Path) -> None:
@@ -435,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo-id", required=True, help="Hub repository to create or update, namespace/name")
     parser.add_argument("--log-dir", help=f"train_gpt2.py's log folder: checkpoints, metrics.jsonl, loss.png (default: the --checkpoint's folder, else {TrainConfig.log_dir})")
-    parser.add_argument("--checkpoint", help="checkpoint to publish (default: the newest ckpt_NNNNNN.pt in --log-dir)")
+    parser.add_argument("--checkpoint", help="checkpoint to publish, a ckpt_NNNNNN.pt file or ckpt_NNNNNN.dcp folder (default: the newest in "
+                             "--log-dir; at one step, the folder)")
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="the tokenizer.json the model was trained with, for a checkpoint that does not record it "
                              "(default: the one it records, else GPT-2's)")

@@ -343,7 +343,7 @@ PREFLIGHT_FAILURES = {
     "unreadable-checkpoint": (junk_checkpoint, "--checkpoint {tmp}/ckpt_000005.pt is not a readable train_gpt2.py checkpoint"),
     "incomplete-checkpoint": (incomplete_checkpoint, "is not a complete train_gpt2.py checkpoint: it lacks step, tokens_seen, config, format_version"),
     "mismatched-checkpoint": (mismatched_checkpoint, "--checkpoint {tmp}/ckpt_000005.pt: Error(s) in loading state_dict"),
-    "empty-log-dir": (empty_log_dir, "--log-dir {tmp}/empty holds no checkpoint (ckpt_NNNNNN.pt): train with train_gpt2.py first"),
+    "empty-log-dir": (empty_log_dir, "--log-dir {tmp}/empty holds no checkpoint (ckpt_NNNNNN.pt or ckpt_NNNNNN.dcp): train with train_gpt2.py first"),
     "missing-log-dir": (lambda r, t: standard_args(t / "missing", t), "--log-dir {tmp}/missing does not exist"),
     "broken-metrics": (broken_metrics, "{tmp}/log/metrics.jsonl has a line that is not JSON"),
     "dry-run-without-out": (lambda r, t: standard_args(r, t, **{"--out": None}) + ["--dry-run"], "--dry-run needs --out DIR"),
@@ -364,6 +364,29 @@ def test_preflight_failure_is_one_message_before_any_network_call(case, run_dir,
     assert err.count("\n") == 1 and "Traceback" not in err
     assert hub.calls == []
     assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".hf.partial-*"))
+
+
+def test_log_dir_gives_the_newest_checkpoint_of_either_kind(tmp_path):
+    """Without --checkpoint: the highest step, a ckpt_*.pt file or a complete --fsdp ckpt_*.dcp
+    folder; at one step (a folder and the file converted from it), the folder."""
+    def folder(name, complete=True):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ".metadata").write_bytes(b"")
+        if complete:
+            (tmp_path / name / "train_state.pt").write_bytes(b"")
+
+    def newest():
+        return upload_hf.resolve_paths(upload_hf.UploadConfig(repo_id=REPO_ID, log_dir=str(tmp_path)))[0].name
+
+    (tmp_path / "ckpt_000010.pt").write_bytes(b"")
+    folder("ckpt_000020.dcp")
+    assert newest() == "ckpt_000020.dcp"
+    folder("ckpt_000030.dcp", complete=False)  # copied in part
+    folder("ckpt_000040.dcp.tmp")  # a save still under way
+    (tmp_path / "ckpt_000020.pt").write_bytes(b"")
+    assert newest() == "ckpt_000020.dcp"
+    (tmp_path / "ckpt_000030.pt").write_bytes(b"")
+    assert newest() == "ckpt_000030.pt"
 
 
 def test_broken_export_is_caught_before_upload(run_dir, tmp_path, monkeypatch, capsys):
