@@ -482,14 +482,12 @@ class GPT(nn.Module):
         cfg = self.config
         return 6 * self.num_params(exclude_position_embeddings=True) + 12 * cfg.n_layer * cfg.n_embd * seq_len
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None, last_only: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy or None).
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final normalised hidden states (B, T, n_embd), which the
+        vocabulary projection (lm_head) turns into logits.
 
-        Targets equal to -1 are ignored by the loss. With a `cache`, idx holds only the new
-        tokens, which follow the cache's positions; the caller advances `cache.pos`. `last_only`
-        computes the logits of the last position only (B, 1, vocab_size), all that sampling needs.
+        With a `cache`, idx holds only the new tokens, which follow the cache's positions; the
+        caller advances `cache.pos`.
         """
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
@@ -506,12 +504,29 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache, rope)
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., n_embd) -> logits (..., vocab_size): the padded rows of the
+        vocabulary are never scored or sampled."""
+        logits = self.lm_head(hidden)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        return logits
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy or None).
+
+        Targets equal to -1 are ignored by the loss. With a `cache`, idx holds only the new
+        tokens (see hidden_states). `last_only` computes the logits of the last position only
+        (B, 1, vocab_size), all that sampling needs.
+        """
+        x = self.hidden_states(idx, cache)
         if last_only:
             x = x[:, -1:, :]  # the vocabulary projection is the largest matmul: skip it where unused
-        logits = self.lm_head(x)  # (B, T, padded_vocab_size)
-        if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # padded rows are never scored or sampled
+        logits = self.logits(x)  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
