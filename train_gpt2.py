@@ -2,8 +2,9 @@
 
     python train_gpt2.py                                          # one GPU (or mps, or CPU)
     torchrun --standalone --nproc_per_node=8 train_gpt2.py        # 8 GPUs: GPT-2 124M on 10B tokens
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1                   # for --max-restarts (README, "Restarts")
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=NODE0_ADDRESS:29500 \
-        --rdzv-id=gpt2 --max-restarts=3 train_gpt2.py --resume auto   # the same, on each of 2 nodes
+        --rdzv-id=gpt2 --max-restarts=3 train_gpt2.py --micro-batch 32 --resume auto   # on each of 2 nodes
     torchrun --standalone --nproc_per_node=8 train_gpt2.py --model gpt2-xl --fsdp --micro-batch 8
     python train_gpt2.py --convert-checkpoint log/gpt2-124m/ckpt_019073.dcp   # -> ckpt_019073.pt
     python fineweb.py --dataset pystdlib --max-tokens 2000000 && python train_gpt2.py --preset smoke
@@ -168,6 +169,8 @@ def decide_on_master(decide, dist_info: Distributed):
 
 CHECKPOINT_PATTERN = "ckpt_[0-9][0-9][0-9][0-9][0-9][0-9].pt"
 SHARDED_CHECKPOINT_PATTERN = "ckpt_[0-9][0-9][0-9][0-9][0-9][0-9].dcp"
+# Written when a step's loss or gradient norm is not finite, so that torchrun's restarts do not replay it.
+NONFINITE_FILE = "nonfinite.json"
 
 
 def list_checkpoints(log_dir: str | os.PathLike) -> list[Path]:
@@ -230,7 +233,9 @@ class TrainConfig:
     num_samples: int = 4  # text samples per evaluation
     sample_tokens: int = 32
     sample_prompt: str = "Hello, I'm a language model,"
-    save_every: int = 5000
+    # build-nanogpt saves every 5000 steps: a crash that is no SIGTERM then costs up to 26% of the
+    # run. A 1.5 GB save every 1000 steps costs seconds.
+    save_every: int = 1000
     keep_last: int = 3  # checkpoints kept in the log dir; older ones are deleted after a successful save
     resume: str = "none"  # "auto" (newest checkpoint in log_dir, if any), "none", or a checkpoint path
     device: str | None = None  # auto: cuda, then mps, then cpu
@@ -356,19 +361,21 @@ class Plan:
 
 
 def make_plan(cfg: TrainConfig, world_size: int, block_size: int) -> Plan:
+    for name in ("total_batch", "micro_batch", "seq_len", "eval_every", "save_every", "val_steps", "keep_last", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(cfg, name)}")
     tokens_per_micro_step = cfg.micro_batch * cfg.seq_len * world_size
     if cfg.total_batch % tokens_per_micro_step != 0:
+        fit = cfg.total_batch // (cfg.seq_len * world_size)  # the micro-batch that needs no accumulation
+        hint = f" (--micro-batch {fit} fits)" if fit >= 1 and fit * cfg.seq_len * world_size == cfg.total_batch else ""
         raise TrainError(
             f"--total-batch {cfg.total_batch} is not a multiple of --micro-batch {cfg.micro_batch} x --seq-len "
-            f"{cfg.seq_len} x {world_size} processes = {tokens_per_micro_step}; change one of those flags"
+            f"{cfg.seq_len} x {world_size} processes = {tokens_per_micro_step}; change one of those flags{hint}"
         )
     if cfg.seq_len > block_size:
         raise TrainError(f"--seq-len {cfg.seq_len} exceeds the {cfg.model} model's block_size {block_size}")
     if not 0 < cfg.warmup_steps < cfg.max_steps:
         raise TrainError(f"--warmup-steps {cfg.warmup_steps} must be between 1 and --max-steps {cfg.max_steps} - 1")
-    for name in ("eval_every", "save_every", "val_steps", "keep_last", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise TrainError(f"--{name.replace('_', '-')} must be at least 1")
     return Plan(grad_accum_steps=cfg.total_batch // tokens_per_micro_step, tokens_per_step=cfg.total_batch)
 
 
@@ -608,11 +615,28 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8))
 
 
+def fsync_dir(folder: Path):
+    """Make a rename in `folder` durable: without it a power loss can undo it, or keep it while
+    the renamed file's contents are lost."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def save_checkpoint(path: Path, checkpoint: dict):
-    """Write to a temporary name, then rename: a crash mid-save never destroys the last good checkpoint."""
+    """Write to a temporary name, flush it to disk, then rename: a crash mid-save, or a machine
+    that dies after it, never destroys the last good checkpoint nor leaves a truncated one under
+    its final name."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
+    with open(tmp, "wb") as file:
+        torch.save(checkpoint, file)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def save_sharded_checkpoint(path: Path, model, optimizer, train_state: dict, master: bool):
@@ -627,8 +651,8 @@ def save_sharded_checkpoint(path: Path, model, optimizer, train_state: dict, mas
     dist.barrier()
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
-    if master:  # dcp.save returns once every rank's shards and the metadata are on disk
-        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+    if master:  # dcp.save returns once every rank's shards and the metadata are on disk (it fsyncs them)
+        save_checkpoint(tmp / TRAIN_STATE_FILE, train_state)
         if path.exists():  # this step was saved before, by a run since resumed from an older checkpoint
             replaced = path.with_name(path.name + ".replaced")
             shutil.rmtree(replaced, ignore_errors=True)
@@ -637,6 +661,7 @@ def save_sharded_checkpoint(path: Path, model, optimizer, train_state: dict, mas
             shutil.rmtree(replaced)
         else:
             os.replace(tmp, path)
+        fsync_dir(path.parent)
 
 
 def prune_checkpoints(log_dir: Path, keep_last: int):
@@ -717,7 +742,7 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume == "none":
         return None
     if cfg.resume == "auto":
-        return latest_checkpoint(cfg.log_dir)
+        return newest_readable_checkpoint(cfg.log_dir)
     path = Path(cfg.resume)
     if path.is_file() or (path.is_dir() and is_complete_sharded_checkpoint(path)):
         return path
@@ -727,13 +752,52 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     raise TrainError(f"--resume {cfg.resume}: no such checkpoint (use 'auto' or 'none', a ckpt_*.pt file or a ckpt_*.dcp folder)")
 
 
+def newest_readable_checkpoint(log_dir: str | os.PathLike) -> Path | None:
+    """--resume auto's choice: the newest complete checkpoint whose train state can be read. One that
+    cannot (cut short when the machine died mid-write) is reported and passed over, never deleted."""
+    for path in reversed(resumable_checkpoints(log_dir)):
+        try:
+            read_checkpoint_state(path, mmap=True)  # mmap: a whole .pt file is not read twice
+            return path
+        except ValueError as e:
+            print(f"warning: --resume auto passes over {path}: {e}", file=sys.stderr)
+    return None
+
+
 def choose_checkpoint(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from; a fresh run never starts in a folder holding another run's checkpoints."""
+    """The checkpoint to resume from. A fresh run never starts in a folder holding another run's
+    checkpoints, a resumed one never among checkpoints newer than its own, and a restarted worker
+    never replays a step that failed with a non-finite loss."""
     resume_path = resolve_resume(cfg)
     checkpoints = resumable_checkpoints(cfg.log_dir)
     if resume_path is None and checkpoints:
+        if cfg.resume == "auto":
+            raise TrainError(f"no checkpoint in {cfg.log_dir} can be read (see the warnings above): pass an older one "
+                             "elsewhere with --resume PATH, or start a new run with another --log-dir")
         raise TrainError(f"{cfg.log_dir} already holds checkpoints (newest {checkpoints[-1].name}); continue that run "
                          "with --resume auto, or start a new one with another --log-dir")
+    if resume_path is not None and cfg.resume != "auto":
+        try:
+            step = read_checkpoint_state(resume_path, mmap=True).get("step", 0)
+        except ValueError as e:
+            raise TrainError(f"{e}; pass another with --resume PATH") from e
+        newer = [p.name for p in checkpoints if checkpoint_step(p) > step]
+        if newer:
+            raise TrainError(
+                f"{cfg.log_dir} holds checkpoints newer than {resume_path} (step {step}): {', '.join(newer)}. This run "
+                f"would save its own among them, and --resume auto and --keep-last would then mix the two runs: move "
+                f"them out of {cfg.log_dir}, or continue in another --log-dir"
+            )
+    marker = Path(cfg.log_dir) / NONFINITE_FILE
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0 and marker.is_file():
+        failure = json.loads(marker.read_text())
+        if failure.get("newest_checkpoint") == (resume_path.name if resume_path else None):
+            raise TrainError(
+                f"step {failure['step']} had a non-finite loss ({failure['loss']}) or gradient norm ({failure['grad_norm']}) "
+                f"after {resume_path.name if resume_path else 'the start'}, and a restart from there would repeat that exactly: torchrun's restarts are for "
+                f"failing machines, not a diverging run. Lower --max-lr or check the data, then launch again ({marker} "
+                "records the failure; the next checkpoint saved removes it)"
+            )
     return resume_path
 
 
@@ -757,9 +821,11 @@ def convert_checkpoint(folder: Path, out: Path | None = None) -> Path:
 class StopSignals:
     """While active, a first SIGTERM (a preemption; torchrun forwards it to its workers) or SIGINT
     (Ctrl-C) only records that it came: the training loop stops after the current step, with a
-    checkpoint. A second one acts as it would have without this handler (stopping at once, the
-    last complete checkpoint intact), so a stuck run can still be interrupted. Signals the process
-    was started with ignored (SIGINT in a background job) stay ignored.
+    checkpoint. A second SIGINT (Ctrl-C again) acts as it would have without this handler (stopping
+    at once, the last complete checkpoint intact), so a stuck run can still be interrupted. Further
+    SIGTERMs are ignored: one preemption often arrives twice (SLURM signals every process of the
+    job and torchrun forwards its own copy), and the checkpoint is what it is for. Signals the
+    process was started with ignored (SIGINT in a background job) stay ignored.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -769,6 +835,8 @@ class StopSignals:
         self.received: int | None = None
 
     def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGTERM:
+            return
         if self.received is not None:
             previous = self._previous[signum]
             if callable(previous):  # Python's own SIGINT handler: KeyboardInterrupt
@@ -781,7 +849,7 @@ class StopSignals:
         if self.announce:
             # os.write, not print: a handler can run in the middle of another print to the same stream.
             os.write(sys.stderr.fileno(), f"received {signal.Signals(signum).name}: stopping after this step, with a "
-                                          "checkpoint (send it again to stop at once)\n".encode())
+                                          "checkpoint (Ctrl-C again stops at once)\n".encode())
 
     def __enter__(self):
         self._previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
@@ -1074,6 +1142,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             save_checkpoint(path, {**train_state, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict()})
         if master:
             prune_checkpoints(log_dir, cfg.keep_last)
+            (log_dir / NONFINITE_FILE).unlink(missing_ok=True)  # a failure recorded before is behind this run now
             print0(f"saved {path} in {time.perf_counter() - t0:.1f}s")
         if dist_info.enabled:
             dist.barrier()
@@ -1113,6 +1182,10 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         loss_value, grad_norm_value = loss_accum.item(), grad_norm.item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm_value)):
             newest = resumable_checkpoints(log_dir)
+            if master:  # read by choose_checkpoint when torchrun restarts the workers
+                failure = {"step": step + 1, "loss": loss_value, "grad_norm": grad_norm_value,
+                           "newest_checkpoint": newest[-1].name if newest else None}
+                (log_dir / NONFINITE_FILE).write_text(json.dumps(failure) + "\n")
             raise TrainError(
                 f"step {step + 1}: the loss is {loss_value} and the gradient norm {grad_norm_value}; stopped without "
                 f"saving, so the last good checkpoint ({newest[-1] if newest else 'none yet'}) is untouched. Lower "

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -80,6 +81,12 @@ def test_batch_that_does_not_divide_names_the_flags():
     cfg = TrainConfig(total_batch=524_288, micro_batch=48)
     with pytest.raises(TrainError, match="--total-batch 524288 is not a multiple of --micro-batch 48 x --seq-len 1024"):
         make_plan(cfg, world_size=1, block_size=1024)
+    # 16 ranks x 64 x 1024 is twice the batch: the error says which micro-batch fits.
+    with pytest.raises(TrainError, match=r"change one of those flags \(--micro-batch 32 fits\)"):
+        make_plan(TrainConfig(), world_size=16, block_size=1024)
+    for flag in ("total_batch", "micro_batch", "seq_len"):
+        with pytest.raises(TrainError, match=f"--{flag.replace('_', '-')} must be at least 1, not 0"):
+            make_plan(TrainConfig(**{flag: 0}), world_size=1, block_size=1024)
 
 
 # -----------------------------------------------------------------------------
@@ -205,10 +212,9 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(data_dir, tmp_path, mon
     good = (log_dir / "ckpt_000006.pt").read_bytes()
     real_save = torch.save
 
-    def crash_midway(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as fh:
-            fh.truncate(1000)  # half a file on disk, then the machine dies
+    def crash_midway(obj, file, *args, **kwargs):
+        real_save(obj, file, *args, **kwargs)
+        file.truncate(1000)  # half a file on disk, then the machine dies
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", crash_midway)
@@ -238,6 +244,48 @@ def test_non_finite_loss_stops_without_saving(data_dir, tmp_path, monkeypatch, c
     assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto")) == 2
     assert "step 9: the loss is nan" in capsys.readouterr().err
     assert [p.name for p in train_gpt2.list_checkpoints(log_dir)] == ["ckpt_000006.pt"]
+    # torchrun --max-restarts would start the workers again, from the same checkpoint: refused.
+    monkeypatch.undo()
+    assert json.loads((log_dir / train_gpt2.NONFINITE_FILE).read_text())["step"] == 9
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto")) == 2
+    assert "a restart from there would repeat that exactly" in capsys.readouterr().err
+    # A launch by hand (new settings, or data fixed) goes ahead, and its first save clears the record.
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto")) == 0
+    assert not (log_dir / train_gpt2.NONFINITE_FILE).exists()
+
+
+def test_resume_auto_passes_over_a_truncated_checkpoint(data_dir, tmp_path, capsys):
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "9", "--save-every", "3")) == 0
+    newest = log_dir / "ckpt_000009.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a machine that died before the data reached the disk
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto", "--stop-at-step", "7")) == 0
+    assert f"passes over {newest}" in capsys.readouterr().err
+    assert train_gpt2.read_metrics(log_dir / "metrics.jsonl")[-1]["step"] == 7
+    assert len(newest.read_bytes()) == 1000  # reported, not deleted
+
+
+def test_resume_from_an_older_checkpoint_refuses_newer_ones_beside_it(data_dir, tmp_path, capsys):
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "6", "--save-every", "3")) == 0
+    before = sorted(p.name for p in log_dir.iterdir())
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", str(log_dir / "ckpt_000003.pt"))) == 2
+    assert "holds checkpoints newer than" in capsys.readouterr().err
+    assert sorted(p.name for p in log_dir.iterdir()) == before
+    # Into another log dir it goes ahead.
+    assert train_gpt2.main(tiny_args(data_dir, tmp_path / "other", "--resume", str(log_dir / "ckpt_000003.pt"),
+                                     "--stop-at-step", "4")) == 0
+
+
+def test_a_repeated_sigterm_is_ignored_a_second_ctrl_c_is_not():
+    with train_gpt2.StopSignals(announce=False) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the same preemption, delivered again
+        assert stop.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_ddp_two_processes_match_one_with_accumulation(data_dir, tmp_path):
