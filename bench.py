@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import resource
 import sys
@@ -92,10 +93,12 @@ def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     tokens = torch.randint(0, model_config.vocab_size, (micro_batch, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
     x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if rung.bf16 and cuda else contextlib.nullcontext()
-    attention = sdpa_kernel(ATTENTION_BACKENDS[rung.attention]) if rung.attention in ATTENTION_BACKENDS else contextlib.nullcontext()
+
+    def attention():  # a new context each step: sdpa_kernel's cannot be entered twice
+        return sdpa_kernel(ATTENTION_BACKENDS[rung.attention]) if rung.attention in ATTENTION_BACKENDS else contextlib.nullcontext()
 
     def step():
-        with attention, autocast:
+        with attention(), autocast:
             _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
@@ -165,24 +168,41 @@ def main(argv=None) -> int:
     print(f"device: {device_name(device)} | torch {torch.__version__} | peak bf16 FLOP/s assumed: {peak or 'unknown (no MFU)'}")
     print(f"config: {json.dumps(asdict(cfg))}")
     rungs = LADDER if cfg.ladder else [FULL if device.type == "cuda" else replace(FULL, name="default (fp32 on CPU)", compile=False)]
-    if cfg.ladder and cfg.larger_batch:
-        rungs = rungs + [replace(rungs[-1], name=f"+ micro-batch {cfg.larger_batch}", micro_batch=cfg.larger_batch)]
     print(f"| {'configuration':<28} | batch | {'tokens/s':>12} | {'step ms':>9} | {'MFU':>6} | memory |")
     print(f"|{'-' * 30}|-------|{'-' * 14}|{'-' * 11}|{'-' * 8}|--------|")
-    results = []
-    for rung in rungs:
-        try:
-            result = measure(cfg, rung, device)
-        except torch.OutOfMemoryError:
-            print(f"| {rung.name:<28} | out of memory |")
-            torch.cuda.empty_cache()
-            continue
+    results, last_good = [], None
+    for rung in rungs + ([None] if cfg.ladder and cfg.larger_batch else []):
+        if rung is None:  # the larger micro-batch, on top of the last rung that ran
+            if last_good is None:
+                break
+            rung = replace(last_good, name=f"+ micro-batch {cfg.larger_batch}", micro_batch=cfg.larger_batch)
+        result = run_rung(cfg, rung, device)
         results.append(result)
-        print(format_row(result), flush=True)
-    if cfg.json_out:
-        with open(cfg.json_out, "w") as f:
-            json.dump({"device": device_name(device), "torch": torch.__version__, "config": asdict(cfg), "results": results}, f, indent=2)
-    return 0
+        if "error" in result:
+            print(f"| {rung.name:<28} | {result['error']} |", flush=True)
+        else:
+            last_good = rung
+            print(format_row(result), flush=True)
+        if cfg.json_out:  # after every rung, so that a run cut short keeps what it measured
+            with open(cfg.json_out, "w") as f:
+                json.dump({"device": device_name(device), "torch": torch.__version__, "config": asdict(cfg), "results": results}, f, indent=2)
+    return 0 if results and all("error" not in r for r in results) else 1
+
+
+def run_rung(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
+    """measure(), or the rung's error: one rung that fails (out of memory, a backend this GPU
+    lacks, a compiler error) is reported in its row and the ladder goes on."""
+    try:
+        return measure(cfg, rung, device)
+    except Exception as e:  # any failure belongs in the table, not in a traceback
+        first_line = (str(e).strip().splitlines() or [""])[0][:150]
+        error = "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {first_line}"
+    # Here, outside the except block, the failed rung's model and activations are no longer referenced.
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return {"rung": rung.name, "micro_batch": rung.micro_batch or cfg.micro_batch, "error": error}
 
 
 if __name__ == "__main__":

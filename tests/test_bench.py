@@ -1,6 +1,8 @@
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
 import bench
 from model import GPT, GPTConfig
@@ -30,3 +32,40 @@ def test_ladder_turns_on_one_feature_per_rung():
     for before, after in zip(bench.LADDER, bench.LADDER[1:]):
         changed = [k for k in keys if getattr(before, k) != getattr(after, k)]
         assert len(changed) == 1, (before.name, after.name, changed)
+
+
+def test_every_ladder_rung_runs_its_steps():
+    """Each rung's step function runs repeatedly (warm-up and timed steps), as on a GPU; compiled
+    rungs run eagerly here to keep the test fast, and the cuDNN backend, which a CPU lacks, fails
+    in its own row instead of stopping the ladder."""
+    cfg = bench.BenchConfig(model="tiny", micro_batch=2, seq_len=16, steps=2, warmup_steps=2)
+    for rung in bench.LADDER:
+        result = bench.run_rung(cfg, replace(rung, compile=False), torch.device("cpu"))
+        if rung.attention == "cudnn":
+            assert "error" in result
+        else:
+            assert "error" not in result and result["tokens_per_s"] > 0, result
+
+
+def test_a_failing_rung_is_reported_and_the_ladder_goes_on(tmp_path, capsys, monkeypatch):
+    def fake_measure(cfg, rung, device):
+        if rung.name == "+ cuDNN attention":
+            raise RuntimeError("No available kernel. Aborting execution.")
+        if rung.name == "fp32 baseline":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        return {"rung": rung.name, "micro_batch": rung.micro_batch or cfg.micro_batch, "step_ms": 100.0,
+                "tokens_per_s": 1e6, "mfu": 0.5, "reserved_gib": 10.0, "peak_rss_gib": 1.0, "attention": rung.attention}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(bench, "peak_flops", lambda device: 989e12)
+    monkeypatch.setattr(bench, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    out = tmp_path / "ladder.json"
+    assert bench.main(["--ladder", "--larger-batch", "96", "--json-out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "| fp32 baseline                | out of memory |" in printed
+    assert "| + cuDNN attention            | RuntimeError: No available kernel. Aborting execution. |" in printed
+    results = json.loads(out.read_text())["results"]
+    assert [r["rung"] for r in results] == [r.name for r in bench.LADDER] + ["+ micro-batch 96"]
+    # The larger batch builds on the last rung that ran (flash attention), not on the failed cuDNN one.
+    assert results[-1]["micro_batch"] == 96 and results[-1]["attention"] == "default"
