@@ -2,12 +2,19 @@
 Hub calls (faked: these tests never reach the network)."""
 
 import json
+import math
 import re
+import shlex
 import socket
+import sys
+import tempfile
 import types
+from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.utils import httpx
 
 import upload_hf
 from model import GPT, GPTConfig
@@ -96,7 +103,7 @@ def uploaded_files(folder):
 class FakeHub:
     """Replaces HfApi's network methods and records their calls."""
 
-    def __init__(self, monkeypatch, error=None):
+    def __init__(self, monkeypatch, error=None, upload_error=None):
         self.calls = []
         hub = self
 
@@ -116,6 +123,8 @@ class FakeHub:
             hub.card = (folder / "README.md").read_text()
             hub.uploaded_checkpoint = (folder / "training" / "ckpt_000020.pt").read_bytes() if (folder / "training").is_dir() else None
             hub.calls.append(("upload_folder", api.token, (), kwargs))
+            if upload_error is not None:
+                raise upload_error
             return types.SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0123abc")
 
         for name, fake in (("create_repo", create_repo), ("create_branch", create_branch), ("upload_folder", upload_folder)):
@@ -329,6 +338,16 @@ def broken_metrics(run_dir, tmp_path):
     return standard_args(run, tmp_path)
 
 
+def card_with_broken_metadata(run_dir, tmp_path):
+    (tmp_path / "card.md").write_text("---\nlicense: [mit\n---\n\n# My model\n")
+    return standard_args(run_dir, tmp_path, **{"--card": str(tmp_path / "card.md")})
+
+
+def card_and_license(run_dir, tmp_path):
+    (tmp_path / "card.md").write_text("# My model\n")
+    return standard_args(run_dir, tmp_path, **{"--card": str(tmp_path / "card.md"), "--license": "apache-2.0"})
+
+
 def empty_log_dir(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     return standard_args(tmp_path / "empty", tmp_path)
@@ -348,6 +367,11 @@ PREFLIGHT_FAILURES = {
     "broken-metrics": (broken_metrics, "{tmp}/log/metrics.jsonl has a line that is not JSON"),
     "dry-run-without-out": (lambda r, t: standard_args(r, t, **{"--out": None}) + ["--dry-run"], "--dry-run needs --out DIR"),
     "no-token": (standard_args, "no Hugging Face token: set HF_TOKEN"),
+    "license-not-an-identifier": (lambda r, t: standard_args(r, t, **{"--license": "MIT"}), "--license 'MIT' is not a Hub licence identifier"),
+    "missing-card": (lambda r, t: standard_args(r, t, **{"--card": str(t / "card.md")}), "--card {tmp}/card.md cannot be read"),
+    "card-with-broken-metadata": (card_with_broken_metadata, "--card {tmp}/card.md has a metadata block (between the --- lines at its top) "
+                                                             "that is not valid YAML: while parsing a flow sequence"),
+    "card-and-license": (card_and_license, "--license sets the licence of the generated model card; a --card is published as it is"),
 }
 
 
@@ -435,3 +459,251 @@ def test_previous_export_is_replaced(run_dir, tmp_path):
     assert "`ckpt_000010.pt`" in (out / "README.md").read_text()
     assert not (out / "training").exists()  # replaced, not merged
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]  # no backup, no leftovers
+
+
+# -----------------------------------------------------------------------------
+# A failed upload keeps the export and says how to run it again
+
+
+def kept_folder_and_rerun(err):
+    """The folder a failed upload kept and the command that uploads it, from the error message."""
+    match = re.search(r"the verified export is kept in (\S+): .*rerun \(safe to repeat[^)]*\): (python upload_hf\.py .*)$", err.strip())
+    assert match, err
+    return Path(match.group(1)), shlex.split(match.group(2))
+
+
+# What huggingface_hub lets through unchanged when the connection fails: the errors of its HTTP
+# library (after its own retries, for uploads), or OfflineModeIsEnabled under HF_HUB_OFFLINE=1.
+# test_a_refused_connection_from_huggingface_hubs_own_create_repo gets the first from huggingface_hub itself.
+NETWORK_FAILURES = {
+    "refused-at-create-repo": ("error", lambda: httpx.ConnectError("[Errno 111] Connection refused"), "nothing was uploaded"),
+    "timeout-during-upload": ("upload_error", lambda: httpx.ReadTimeout("The read operation timed out"),
+                              f"{REPO_ID} may now exist on the Hub, empty or with part of the upload"),
+    "dropped-during-upload": ("upload_error", lambda: httpx.RemoteProtocolError("Server disconnected without sending a response."),
+                              f"{REPO_ID} may now exist on the Hub, empty or with part of the upload"),
+    "offline-mode": ("error", lambda: OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode is enabled."),
+                     "nothing was uploaded"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", NETWORK_FAILURES)
+def test_network_failure_keeps_the_export_and_its_rerun_command_uploads_it(case, run_dir, tmp_path, monkeypatch, capsys):
+    where, make_error, state = NETWORK_FAILURES[case]
+    error = make_error()
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the export goes without --out
+    FakeHub(monkeypatch, **{where: error})
+    assert upload_hf.main(["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--private", "--commit-message", "tiny, step 20"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"the upload to {REPO_ID} did not complete ({type(error).__name__}: {error}): {state}; " in err
+    assert "once the Hub can be reached" in err
+    folder, command = kept_folder_and_rerun(err)
+    assert folder.parent == tmp_path and uploaded_files(folder) == MODEL_FILES | {upload_hf.EXPORT_MARKER}
+    assert command[:2] == ["python", "upload_hf.py"]
+    # The same checkpoint, even if training writes a newer one meanwhile, and the same flags.
+    assert command[command.index("--checkpoint") + 1] == str(run_dir / "ckpt_000020.pt")
+    assert command[command.index("--out") + 1] == str(folder)
+    assert "--private" in command and command[command.index("--commit-message") + 1] == "tiny, step 20"
+
+    hub = FakeHub(monkeypatch)  # the connection works again
+    assert upload_hf.main(command[2:]) == 0
+    assert hub.names() == ["create_repo", "upload_folder"]
+    assert hub.calls[0][3]["private"] is True and hub.calls[1][3]["commit_message"] == "tiny, step 20"
+    assert hub.calls[1][3]["folder_path"] == folder and hub.files == MODEL_FILES | {upload_hf.EXPORT_MARKER}
+
+
+def test_a_refused_connection_from_huggingface_hubs_own_create_repo(run_dir, tmp_path, monkeypatch, capsys):
+    """No fake HfApi: huggingface_hub's own create_repo, over an HTTP transport that refuses every
+    connection as a closed port does (HF_ENDPOINT=http://127.0.0.1:9 gives the same error)."""
+    from huggingface_hub.utils import _http
+
+    def refuse(request):
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    # huggingface_hub's shared client, made by this factory on first use; both restored afterwards.
+    monkeypatch.setattr(_http, "_GLOBAL_CLIENT_FACTORY", lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
+    monkeypatch.setattr(_http, "_GLOBAL_CLIENT", None)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    out = tmp_path / "hf"
+    assert upload_hf.main(["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the upload to {REPO_ID} did not complete (ConnectError: [Errno 111] Connection refused): nothing was uploaded" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert kept_folder_and_rerun(err)[0] == out and (out / "model.safetensors").is_file()
+
+
+def test_hub_refusal_and_interruption_keep_the_export(run_dir, tmp_path, monkeypatch, capsys):
+    from huggingface_hub.utils import HfHubHTTPError
+
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    out = tmp_path / "hf"
+    args = ["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--out", str(out)]
+    refusal = HfHubHTTPError("403 Forbidden: you don't have the rights to create a model under the namespace \"me\".\n"
+                             "Cannot access content at: https://huggingface.co/api/repos/create.",
+                             response=types.SimpleNamespace(headers={}, request=None))  # fmt: skip
+    FakeHub(monkeypatch, error=refusal)
+    assert upload_hf.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the Hub refused the upload to me/gpt2-tiny: 403 Forbidden" in err
+    assert "once the cause is fixed, rerun" in err and kept_folder_and_rerun(err)[0] == out
+
+    # Ctrl-C in the middle of the upload: the traceback of the interruption, and a note first.
+    FakeHub(monkeypatch, upload_error=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        upload_hf.main(args)
+    err = capsys.readouterr().err
+    assert f"the upload to {REPO_ID} did not complete; the verified export is kept in {out}" in err
+    assert (out / "model.safetensors").is_file()
+
+
+def test_upload_without_out_leaves_no_folder_behind(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    FakeHub(monkeypatch)
+    assert upload_hf.main(["--log-dir", str(run_dir), "--repo-id", REPO_ID]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+# -----------------------------------------------------------------------------
+# An export the user changed is never replaced without asking; --card publishes their card
+
+
+def test_edited_card_is_kept_and_published_with_card(run_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "hf"
+    args = ["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--out", str(out)]
+    assert upload_hf.main(args + ["--dry-run"]) == 0
+    assert f"with --card {out / 'README.md'}" in capsys.readouterr().out  # the dry run says how
+    edited = (out / "README.md").read_text().replace("## Limitations", "## Intended use\n\nTeaching.\n\n## Limitations")
+    (out / "README.md").write_text(edited)
+
+    # A rerun as before would lose the edit: refused, saying how to publish it.
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    hub = FakeHub(monkeypatch)
+    assert upload_hf.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} was changed since upload_hf.py wrote it (README.md edited)" in err
+    assert f"add --card {out / 'README.md'} (and --checkpoint {run_dir / 'ckpt_000020.pt'}" in err
+    assert hub.calls == [] and (out / "README.md").read_text() == edited
+
+    assert upload_hf.main(args + ["--card", str(out / "README.md")]) == 0
+    assert hub.card == edited and (out / "README.md").read_text() == edited
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf"]  # no backup: nothing was lost
+    assert upload_hf.main(args + ["--card", str(out / "README.md"), "--dry-run"]) == 0  # the record now holds the user's card
+
+
+def test_changed_export_is_moved_aside_only_with_overwrite_out(run_dir, tmp_path, capsys):
+    out = tmp_path / "hf"
+    args = ["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--out", str(out)]
+    assert upload_hf.main(args) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "config.json").write_text((out / "config.json").read_text().replace('"n_layer": 2', '"n_layer": 3'))
+    (out / "loss.png").unlink()  # deleting a file of the export loses nothing
+    assert upload_hf.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} was changed since upload_hf.py wrote it (config.json edited, notes.txt added): " in err
+    assert "--card" not in err and "pass --overwrite-out to move its contents aside" in err
+    assert (out / "notes.txt").read_text() == "mine"
+    # --card does not excuse changes other than the card's.
+    assert upload_hf.main(args + ["--card", str(out / "README.md")]) == 2
+    assert "(config.json edited, notes.txt added)" in capsys.readouterr().err
+
+    assert upload_hf.main(args + ["--overwrite-out"]) == 0
+    (backup,) = tmp_path.glob("hf.backup-*")
+    assert (backup / "notes.txt").read_text() == "mine" and '"n_layer": 3' in (backup / "config.json").read_text()
+    assert uploaded_files(out) == MODEL_FILES | {upload_hf.EXPORT_MARKER}
+
+
+def test_export_of_an_older_upload_hf_is_not_replaced_blindly(run_dir, tmp_path, capsys):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "README.md").write_text("# my edits, made before upload_hf.py recorded its files")
+    (out / upload_hf.EXPORT_MARKER).write_text("written by upload_hf.py from log/ckpt_000020.pt; a rerun with this --out replaces the folder\n")
+    args = ["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--out", str(out)]
+    assert upload_hf.main(args) == 2
+    assert f"--out {out} was written by an older upload_hf.py, which kept no record of its files" in capsys.readouterr().err
+    assert upload_hf.main(args + ["--overwrite-out"]) == 0
+    (backup,) = tmp_path.glob("hf.backup-*")
+    assert (backup / "README.md").read_text().startswith("# my edits")
+
+
+def test_card_from_elsewhere_is_published_as_it_is(run_dir, tmp_path, monkeypatch, capsys):
+    card = tmp_path / "card.md"
+    card.write_text("---\nlicense: apache-2.0\ntags:\n- gpt2\n---\n\n# My model\n")
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    hub = FakeHub(monkeypatch)
+    assert upload_hf.main(["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--card", str(card)]) == 0
+    assert hub.card == card.read_text()
+
+    card.write_text("# No metadata\n")
+    assert upload_hf.main(["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--card", str(card)]) == 0
+    assert f"note: --card {card} has no metadata block" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# The card's HellaSwag figures say how many examples they cover; the licence is a flag
+
+
+def with_hellaswag_n(run, n):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:  # as train_gpt2.py logs it, with --hellaswag-limit N or on the whole set
+        if record["type"] == "eval":
+            record["hellaswag_n"] = n
+    (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+@pytest.mark.parametrize("n", [40, 10_042])
+def test_model_card_says_how_many_hellaswag_examples_were_scored(n, tmp_path):
+    run = make_run(tmp_path / "log", data=tmp_path / "data" / "edu_fineweb10B", steps=(20,), plot=False)
+    with_hellaswag_n(run, n)
+    args = ["--log-dir", str(run), "--repo-id", REPO_ID, "--dry-run", "--out", str(tmp_path / "hf"), "--license", "apache-2.0"]
+    assert upload_hf.main(args) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert f"| HellaSwag acc_norm ({n:,} examples) | {ACC_NORM:.4f} | 20 |" in card
+    assert f"| HellaSwag acc ({n:,} examples) | {ACC:.4f} | 20 |" in card
+    assert f"HellaSwag acc_norm {upload_hf.GPT2_124M_HELLASWAG} on all 10,042 validation examples" in card
+    stderr = math.sqrt(ACC_NORM * (1 - ACC_NORM) / n)
+    subset = f"HellaSwag was scored on 40 examples, a subset of the 10,042 in its validation set (train_gpt2.py --hellaswag-limit), "
+    assert (subset in card and f"about {stderr:.3f}" in card) == (n == 40)
+    assert "does not record how many HellaSwag examples" not in card
+    assert "license: apache-2.0" in card
+
+
+def test_model_card_says_when_the_number_of_hellaswag_examples_is_unknown(dry_run):
+    card = (dry_run / "README.md").read_text()  # its metrics.jsonl predates hellaswag_n
+    assert "does not record how many HellaSwag examples these figures cover" in card
+    assert "subset" not in card and f"| HellaSwag acc_norm | {ACC_NORM:.4f} | 20 |" in card
+
+
+# -----------------------------------------------------------------------------
+# The export is also loaded with transformers, where it is installed
+
+
+def test_export_is_checked_with_transformers(run_dir, tmp_path, monkeypatch, capsys):
+    args = ["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--out", str(tmp_path / "hf")]
+    assert upload_hf.main(args) == 0
+    assert re.search(r"verified: transformers \S+ loads the export as GPT2LMHeadModel with the checkpoint's logits", capsys.readouterr().out)
+
+    # A mistake that model.py's writer and reader share, which only transformers can see.
+    real_from_pretrained = transformers.AutoModelForCausalLM.from_pretrained
+
+    def misread(*args, **kwargs):
+        model = real_from_pretrained(*args, **kwargs)
+        with torch.no_grad():
+            model.transformer.ln_f.bias.add_(1e-3)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", misread)
+    assert upload_hf.main(args[:-1] + [str(tmp_path / "hf2")]) == 2
+    err = capsys.readouterr().err
+    assert "transformers' GPT2LMHeadModel gives logits that differ from" in err and "nothing was uploaded" in err
+    assert not (tmp_path / "hf2").exists()
+
+
+def test_export_without_transformers_says_it_was_not_checked_with_it(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+    args = ["--log-dir", str(run_dir), "--repo-id", REPO_ID, "--dry-run", "--out", str(tmp_path / "hf")]
+    assert upload_hf.main(args) == 0
+    out = capsys.readouterr().out
+    assert "note: transformers is not installed, so the export was not also loaded with it" in out
+    assert "verified: the export reloads to the checkpoint's logits" in out and "verified: transformers" not in out
