@@ -185,7 +185,8 @@ def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
 
 
 # -----------------------------------------------------------------------------
-# Sources: each yields (text, number of undecodable bytes replaced) per document
+# Sources: each yields (text, number of undecodable bytes replaced) per document, and can say where it
+# stands (position()) and start from there, so that resuming does not read the corpus again
 
 
 def _decode(data: bytes) -> tuple[str, int]:
@@ -216,27 +217,80 @@ def _iter_table_file(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
         raise ShardError(f"{path}: cannot read it as {builder} ({type(error).__name__}: {error})") from error
 
 
-def _iter_files(paths: list[Path], text_field: str) -> Iterator[tuple[str, int]]:
-    for path in paths:
-        if path.suffix in TABLE_SUFFIXES:
-            yield from _iter_table_file(path, text_field)
-        else:
-            yield _decode(path.read_bytes())
+class FileDocuments:
+    """The documents of files in order: a .txt file is one, a .jsonl/.json/.parquet row is one.
+
+    An iterator that can say where it stands: position() is {"file": index, "row": rows of it
+    consumed}, JSON for meta.json, and FileDocuments(paths, text_field, start=position) goes on from
+    there, reading again only the earlier rows of that one file.
+    """
+
+    def __init__(self, paths: list[Path], text_field: str, start: dict | None = None):
+        self.paths, self.text_field = paths, text_field
+        self.file, self.row = (start["file"], start["row"]) if start else (0, 0)
+        self._documents = self._read()
+
+    def position(self) -> dict:
+        return {"file": self.file, "row": self.row}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, int]:
+        return next(self._documents)
+
+    def _read(self) -> Iterator[tuple[str, int]]:
+        while self.file < len(self.paths):
+            path = self.paths[self.file]
+            if path.suffix in TABLE_SUFFIXES:
+                documents = itertools.islice(_iter_table_file(path, self.text_field), self.row, None)
+            else:  # one document, done if a row of it is
+                documents = [] if self.row else [_decode(path.read_bytes())]
+            for document in documents:
+                self.row += 1  # before the yield, so position() counts the document the consumer now holds
+                yield document
+            self.file, self.row = self.file + 1, 0
 
 
-def _iter_fineweb_edu() -> Iterator[tuple[str, int]]:
-    import datasets
+class FinewebEduDocuments:
+    """FineWeb-Edu's rows, streamed; an iterator like FileDocuments. Its position() is the streaming
+    dataset's state_dict(), from which datasets restarts at the exact row. To get there it reads again
+    (as Arrow tables, not Python rows) what precedes the row in its parquet file and, near the start of
+    a file, the file before: one or two of sample-10BT's 14 files of ~2 GB, not everything before the row."""
 
-    try:
-        # Streaming reads the parquet files as it goes, instead of a ~40 GB download and cache.
-        rows = datasets.load_dataset(FINEWEB_EDU_REPO, name=FINEWEB_EDU_CONFIG, split="train", streaming=True)
-        for row in rows:
-            yield row["text"], 0
-    except ConnectionError as error:
-        raise ShardError(
-            f"cannot stream {FINEWEB_EDU_REPO} from the Hugging Face Hub ({error}): check the network and rerun "
-            "the same command (it resumes), or use --dataset pystdlib or --input for an offline run"
-        ) from error
+    def __init__(self, start: dict | None = None):
+        self.start, self.rows = start, None
+        self._documents = self._read()
+
+    def position(self) -> dict | None:
+        # state_dict() describes the iteration in progress, so until it starts the position is `start`.
+        return self.start if self.rows is None else self.rows.state_dict()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, int]:
+        return next(self._documents)
+
+    def _read(self) -> Iterator[tuple[str, int]]:
+        import datasets
+
+        try:
+            # Streaming reads the parquet files as it goes, instead of a ~40 GB download and cache.
+            rows = datasets.load_dataset(FINEWEB_EDU_REPO, name=FINEWEB_EDU_CONFIG, split="train", streaming=True)
+            if self.start is not None:
+                rows.load_state_dict(self.start)
+            self.rows = rows
+            for row in rows:
+                yield row["text"], 0
+        except ConnectionError as error:
+            raise ShardError(
+                f"cannot stream {FINEWEB_EDU_REPO} from the Hugging Face Hub ({error}): check the network and rerun "
+                "the same command (it resumes), or use --dataset pystdlib or --input for an offline run"
+            ) from error
+
+
+Documents = FileDocuments | FinewebEduDocuments
 
 
 def stdlib_files() -> list[Path]:
@@ -296,8 +350,13 @@ def _init_worker(tokenizer: str | None) -> None:
     _worker_encoding = get_tokenizer(tokenizer)
 
 
-def _encode_chunk(documents: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens, tokens per document, undecodable bytes per document) for a list of documents."""
+def _encode_chunk(chunk: tuple[dict | None, list[tuple[str, int]]]) -> tuple[dict | None, np.ndarray, np.ndarray, np.ndarray]:
+    """(source position, tokens, tokens per document, undecodable bytes per document) for a chunk from _chunks.
+
+    The position only passes through: imap returns results in order, each with its own position,
+    with no state shared between the thread that forms chunks and the one that writes shards.
+    """
+    position, documents = chunk
     eot = np.array([_worker_encoding.eot_token], dtype=np.uint32)
     pieces = []
     for text, _ in documents:
@@ -305,19 +364,23 @@ def _encode_chunk(documents: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndar
         pieces += (eot, _worker_encoding.encode_to_numpy(text, disallowed_special=()))
     lengths = np.array([len(piece) for piece in pieces[1::2]], dtype=np.int64) + 1
     replaced = np.array([count for _, count in documents], dtype=np.int64)
-    return np.concatenate(pieces).astype(np.uint16), lengths, replaced
+    return position, np.concatenate(pieces).astype(np.uint16), lengths, replaced
 
 
-def _chunks(documents: Iterator[tuple[str, int]]) -> Iterator[list[tuple[str, int]]]:
-    chunk, chars = [], 0
+def _chunks(documents: Documents) -> Iterator[tuple[dict | None, list[tuple[str, int]]]]:
+    """Lists of documents of about CHUNK_CHARS characters, each with the source's position before its
+    first document: meta.json records positions per chunk, not per document (FineWeb-Edu has ~10M)."""
+    # This runs in the pool's task thread, which pulls chunks ahead of the writer: the position is
+    # taken here, while the source stands at the chunk's start.
+    position, chunk, chars = documents.position(), [], 0
     for document in documents:
         chunk.append(document)
         chars += len(document[0])
         if chars >= CHUNK_CHARS:
-            yield chunk
-            chunk, chars = [], 0
+            yield position, chunk
+            position, chunk, chars = documents.position(), [], 0
     if chunk:
-        yield chunk
+        yield position, chunk
 
 
 def check_fits_uint16(encoding) -> None:
@@ -378,8 +441,14 @@ class ShardWriter:
         settings = meta["settings"]
         self.val_tokens, self.shard_size, self.max_tokens = settings["val_tokens"], settings["shard_size"], settings["max_tokens"]
         last = meta["shards"][-1] if meta["shards"] else {"documents_done": 0, "offset_tokens": 0}
-        # Resuming skips the documents already written, and the part of the next one that is.
+        # Resuming starts the source at the recorded position, skips the documents after it that are
+        # already written, then the part of the next one that is. A record from before positions were
+        # kept (like a fresh run) starts the source at its beginning and skips every document done.
         self.documents_done, self.resume_offset_tokens = last["documents_done"], last["offset_tokens"]
+        self.resume_position = last.get("source_position")
+        self.resume_skip_documents = last.get("documents_after_position", self.documents_done)
+        # The source's position at the start of the chunk being added, and the documents written before it.
+        self.chunk_position, self.chunk_first_document = None, self.documents_done
         self.shard_start = sum(record["tokens"] for record in meta["shards"])
         self.buffer = np.empty(min(self.shard_size, self.max_tokens or self.shard_size), dtype=np.uint16)
         self.fill = self.shard_documents = self.shard_replaced_bytes = 0
@@ -393,8 +462,11 @@ class ShardWriter:
         capacity = min(self.shard_size, self.val_tokens - self.shard_start) if in_val else self.shard_size
         return capacity if self.max_tokens is None else min(capacity, self.max_tokens - self.shard_start)
 
-    def add(self, tokens: np.ndarray, doc_lengths: np.ndarray, doc_replaced: np.ndarray, skip_tokens: int = 0) -> bool:
-        """Appends a chunk of whole documents, less the first skip_tokens; False once --max-tokens is reached."""
+    def add(self, source_position: dict | None, tokens: np.ndarray, doc_lengths: np.ndarray, doc_replaced: np.ndarray,
+            skip_tokens: int = 0) -> bool:
+        """Appends a chunk of whole documents that starts at `source_position`, less its first
+        skip_tokens; False once --max-tokens is reached."""
+        self.chunk_position, self.chunk_first_document = source_position, self.documents_done
         doc_ends = np.cumsum(doc_lengths)
         doc_starts = doc_ends - doc_lengths
         position = skip_tokens
@@ -425,6 +497,7 @@ class ShardWriter:
         self.meta["shards"].append({
             "file": file, "split": split, "tokens": self.fill, "documents": self.shard_documents,
             "replaced_bytes": self.shard_replaced_bytes, "documents_done": documents_done, "offset_tokens": offset_tokens,
+            "source_position": self.chunk_position, "documents_after_position": documents_done - self.chunk_first_document,
         })
         write_meta(self.data_dir, self.meta)  # after the shard, so every recorded shard is complete
         self.shard_start += self.fill
@@ -444,7 +517,7 @@ class Plan:
     out_dir: Path
     val_tokens: int
     source: dict
-    documents: Callable[[], Iterator[tuple[str, int]]]
+    documents: Callable[..., Documents]  # takes a position() of the source to start at, or nothing: its beginning
     tokenizer: str | None  # absolute path of a tokenizer.json; None: GPT-2's
 
 
@@ -460,16 +533,16 @@ def make_plan(config: FinewebConfig) -> Plan:
     if dataset == "custom":
         files = expand_inputs(config.input)
         source = {"dataset": dataset, "inputs": [str(path) for path in files], "text_field": config.text_field}
-        documents = functools.partial(_iter_files, files, config.text_field)
+        documents = functools.partial(FileDocuments, files, config.text_field)
     elif dataset == "pystdlib":
         source = {"dataset": dataset, "stdlib": sysconfig.get_paths()["stdlib"], "python": platform.python_version()}
-        documents = functools.partial(_iter_files, stdlib_files(), "text")
+        documents = functools.partial(FileDocuments, stdlib_files(), "text")
     elif dataset == "tinyshakespeare":
         source = {"dataset": dataset, "url": TINYSHAKESPEARE_URL, "sha256": TINYSHAKESPEARE_SHA256}
-        documents = functools.partial(_iter_files, [out_dir / "input.txt"], "text")
+        documents = functools.partial(FileDocuments, [out_dir / "input.txt"], "text")
     else:
         source = {"dataset": dataset, "repo": FINEWEB_EDU_REPO, "config": FINEWEB_EDU_CONFIG}
-        documents = _iter_fineweb_edu
+        documents = FinewebEduDocuments
     tokenizer = None if config.tokenizer is None else str(Path(config.tokenizer).resolve())
     return Plan(dataset, name, out_dir, val_tokens, source, documents, tokenizer)
 
@@ -537,18 +610,23 @@ def open_out_dir(out_dir: Path, fresh: dict, overwrite: bool) -> dict:
 
 def tokenize_to_shards(plan: Plan, meta: dict, workers: int) -> dict:
     writer = ShardWriter(plan.out_dir, plan.name, meta)
+    documents = plan.documents(writer.resume_position)
     if meta["shards"]:
-        print(f"resuming after {meta['shards'][-1]['file']}: skipping {writer.documents_done:,} documents")
-    documents = itertools.islice(plan.documents(), writer.documents_done, None)
+        start = "the beginning" if writer.resume_position is None else "its recorded position"
+        print(f"resuming after {meta['shards'][-1]['file']} ({writer.documents_done:,} documents done): reading the source "
+              f"from {start}, skipping {writer.resume_skip_documents:,} documents")
+    # Skipped here rather than lazily, so that the first chunk's position is the one after them.
+    for _ in itertools.islice(documents, writer.resume_skip_documents):
+        pass
     skip_tokens = writer.resume_offset_tokens
     max_tokens = meta["settings"]["max_tokens"]
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(plan.tokenizer,)) as pool, tqdm(
         total=max_tokens, initial=writer.shard_start, unit="tok", unit_scale=True, desc=plan.name
     ) as bar:
         new_documents = 0
-        for tokens, doc_lengths, doc_replaced in pool.imap(_encode_chunk, _chunks(documents)):
+        for position, tokens, doc_lengths, doc_replaced in pool.imap(_encode_chunk, _chunks(documents)):
             before_tokens = writer.shard_start + writer.fill
-            more = writer.add(tokens, doc_lengths, doc_replaced, skip_tokens)
+            more = writer.add(position, tokens, doc_lengths, doc_replaced, skip_tokens)
             skip_tokens = 0
             new_documents += len(doc_lengths)
             bar.set_postfix_str(f"{new_documents / max(bar.format_dict['elapsed'], 1e-9):,.0f} docs/s", refresh=False)

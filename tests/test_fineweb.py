@@ -40,6 +40,30 @@ def write_docs(folder, texts):
     return str(folder / "*.txt")
 
 
+def crash_at_save(monkeypatch, argv, saves):
+    """fineweb.main(argv), killed as it saves its `saves`-th shard (counting from 1)."""
+    real_save, saved = fineweb._save_shard, []
+
+    def save_then_crash(path, tokens):
+        saved.append(path)
+        if len(saved) == saves:
+            raise Crash
+        real_save(path, tokens)
+
+    monkeypatch.setattr(fineweb, "_save_shard", save_then_crash)
+    with pytest.raises(Crash):
+        fineweb.main(argv)
+    monkeypatch.setattr(fineweb, "_save_shard", real_save)
+
+
+POSITION_KEYS = ("source_position", "documents_after_position")
+
+
+def written(meta):
+    """The shard records less the source positions, which depend on where a run's chunks began."""
+    return [{key: value for key, value in record.items() if key not in POSITION_KEYS} for record in meta["shards"]]
+
+
 DOCS = [f"Document {i}: the quick brown fox jumps over {i} lazy dogs. Ünïcödé ✓ {'la ' * (i % 7)}" for i in range(20)]
 
 
@@ -142,34 +166,74 @@ def test_crash_mid_write_leaves_no_file_under_the_final_name(tmp_path):
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fineweb, "CHUNK_CHARS", 150)  # chunks of 2 documents, so positions are recorded at many files
     pattern = write_docs(tmp_path / "in", DOCS)
     args = ["--input", pattern, "--shard-size", "50", "--val-tokens", "70", "--workers", "2"]
     assert fineweb.main([*args, "--out", str(tmp_path / "ref")]) == 0
 
     out = tmp_path / "out"
-    real_save, saved = fineweb._save_shard, []
-
-    def save_then_crash(path, tokens):
-        saved.append(path)
-        if len(saved) == 4:
-            raise Crash
-        real_save(path, tokens)
-
-    monkeypatch.setattr(fineweb, "_save_shard", save_then_crash)
-    with pytest.raises(Crash):
-        fineweb.main([*args, "--out", str(out)])
-    monkeypatch.setattr(fineweb, "_save_shard", real_save)
+    crash_at_save(monkeypatch, [*args, "--out", str(out)], saves=4)
     meta = meta_of(out)
     assert not meta["complete"] and len(meta["shards"]) == 3
-    assert meta["shards"][-1]["offset_tokens"] > 0  # the crash came in the middle of a document
+    last = meta["shards"][-1]
+    assert last["offset_tokens"] > 0  # the crash came in the middle of a document
     with pytest.raises(ShardError, match="unfinished"):
         list_shards(out, "train")
+    # The recorded position is after `files_read` files (a document each), and those are not read again.
+    files_read = last["source_position"]["file"] + last["source_position"]["row"]
+    assert files_read + last["documents_after_position"] == last["documents_done"] and files_read >= 2
+    for path in sorted((tmp_path / "in").iterdir())[:files_read]:
+        path.write_text("changed after the crash")
 
     capsys.readouterr()
     assert fineweb.main([*args, "--out", str(out)]) == 0
-    assert "resuming after custom_train_000002.npy" in capsys.readouterr().out
+    assert (f"resuming after custom_train_000002.npy ({last['documents_done']} documents done): reading the source from "
+            f"its recorded position, skipping {last['documents_after_position']} documents") in capsys.readouterr().out
     assert np.array_equal(stream(out), stream(tmp_path / "ref"))
-    assert meta_of(out)["shards"] == meta_of(tmp_path / "ref")["shards"]
+    assert written(meta_of(out)) == written(meta_of(tmp_path / "ref"))
+
+
+def test_resume_jsonl_files_at_a_row_inside_a_file_and_from_an_old_record(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fineweb, "CHUNK_CHARS", 250)  # chunks of ~4 rows, so positions fall inside files
+    (tmp_path / "in").mkdir()
+    files = [tmp_path / "in" / f"part{f}.jsonl" for f in range(4)]
+    for f, path in enumerate(files):
+        path.write_text("".join(json.dumps({"text": text}) + "\n" for text in DOCS[5 * f : 5 * f + 5]))
+    args = ["--input", *map(str, files), "--shard-size", "60", "--val-tokens", "60", "--workers", "2"]
+    assert fineweb.main([*args, "--out", str(tmp_path / "ref")]) == 0
+    ref_tokens, ref_meta = stream(tmp_path / "ref"), meta_of(tmp_path / "ref")
+
+    crash_at_save(monkeypatch, [*args, "--out", str(tmp_path / "crashed")], saves=7)
+    last = meta_of(tmp_path / "crashed")["shards"][-1]
+    assert last["source_position"]["file"] == 2 and last["source_position"]["row"] > 0
+    assert last["documents_after_position"] > 0 and last["offset_tokens"] > 0
+
+    # From the recorded position: the files before it may even be unreadable now. The resumed run is
+    # killed once more, so that it resumes from a position it recorded itself.
+    out = tmp_path / "out"
+    shutil.copytree(tmp_path / "crashed", out)
+    originals = {path: path.read_bytes() for path in files[:2]}
+    for path in originals:
+        path.write_text("{not json")
+    crash_at_save(monkeypatch, [*args, "--out", str(out)], saves=2)
+    # Its one new shard ended in its first chunk, which starts after the documents it skipped.
+    start = last["source_position"]["row"] + last["documents_after_position"]
+    assert meta_of(out)["shards"][-1]["source_position"] == {"file": 2, "row": start}
+    assert fineweb.main([*args, "--out", str(out)]) == 0
+    assert np.array_equal(stream(out), ref_tokens) and written(meta_of(out)) == written(ref_meta)
+
+    # A meta.json from before positions were kept: the source is read again from its beginning.
+    for path, data in originals.items():
+        path.write_bytes(data)
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "crashed", old)
+    meta = meta_of(old)
+    meta["shards"] = written(meta)
+    (old / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert fineweb.main([*args, "--out", str(old)]) == 0
+    assert f"from the beginning, skipping {last['documents_done']} documents" in capsys.readouterr().out
+    assert np.array_equal(stream(old), ref_tokens) and written(meta_of(old)) == written(ref_meta)
 
 
 def test_resume_when_only_the_completion_mark_is_missing(tmp_path):
@@ -341,15 +405,77 @@ def test_from_hub_without_meta_json_like_build_nanogpt(tmp_path, monkeypatch, ca
     assert "*_train_*.npy and *_val_*.npy are both needed" in capsys.readouterr().err
 
 
-def test_fineweb_edu_streams_sample_10bt(tmp_path, monkeypatch):
+def fake_fineweb_edu(monkeypatch, files):
+    """Stands in for the Hub: FineWeb-Edu becomes a real streaming dataset over local .jsonl or .parquet
+    files, and the returned list collects the arguments of each load_dataset call for it."""
     datasets = pytest.importorskip("datasets")
-    calls = []
+    real_load_dataset, calls = datasets.load_dataset, []
+    builder = "parquet" if files[0].suffix == ".parquet" else "json"
 
     def load_dataset(path, name=None, split=None, streaming=False):
         calls.append((path, name, split, streaming))
-        return iter([{"text": f"Educational page number {i}, with some words."} for i in range(30)])
+        # Features given, as the Hub's dataset card gives them, so loading reads no file before iterating.
+        features = datasets.Features({"text": datasets.Value("string")})
+        return real_load_dataset(builder, data_files=[str(f) for f in files], features=features, split=split, streaming=streaming)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def edu_page(file, row):
+    return f"Educational page {file}-{row}, with some words."
+
+
+def write_edu_pages(folder, files, rows, suffix=".jsonl"):
+    """FineWeb-Edu-like files; parquet ones in row groups of 2 rows, so that a file holds several Arrow tables."""
+    folder.mkdir()
+    paths = [folder / f"{f:03d}_00000{suffix}" for f in range(files)]
+    for f, path in enumerate(paths):
+        texts = [edu_page(f, i) for i in range(rows)]
+        if suffix == ".parquet":
+            pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+            pq.write_table(pa.table({"text": texts}), path, row_group_size=2)
+        else:
+            path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    return paths
+
+
+def restarts(make_source, count):
+    """For every k, the documents of a source started at the position it gave after its first k documents."""
+    source, positions = make_source(None), []
+    for _ in range(count):
+        positions.append(source.position())
+        next(source)
+    assert next(source, None) is None
+    for k, position in enumerate([*positions, source.position()]):
+        restarted = make_source(json.loads(json.dumps(position)))  # as meta.json stores it
+        assert restarted.position() == position  # also before reading a document
+        yield k, [text for text, _ in restarted]
+
+
+def test_file_documents_restart_at_the_exact_row(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    (tmp_path / "a.txt").write_text("text file a")
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"jsonl {i}"}) + "\n" for i in range(3)))
+    (tmp_path / "c.jsonl").write_text("")
+    (tmp_path / "d.txt").write_text("text file d")
+    pq.write_table(pa.table({"text": [f"parquet {i}" for i in range(5)]}), tmp_path / "e.parquet", row_group_size=2)
+    paths = sorted(tmp_path.iterdir())
+    texts = ["text file a", "jsonl 0", "jsonl 1", "jsonl 2", "text file d", *[f"parquet {i}" for i in range(5)]]
+    for k, rest in restarts(lambda start: fineweb.FileDocuments(paths, "text", start), len(texts)):
+        assert rest == texts[k:]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_fineweb_edu_position_is_the_datasets_state_and_restarts_at_the_exact_row(tmp_path, monkeypatch, suffix):
+    fake_fineweb_edu(monkeypatch, write_edu_pages(tmp_path / "hub", files=3, rows=5, suffix=suffix))
+    texts = [edu_page(f, i) for f in range(3) for i in range(5)]
+    for k, rest in restarts(fineweb.FinewebEduDocuments, len(texts)):
+        assert rest == texts[k:]
+
+
+def test_fineweb_edu_streams_sample_10bt(tmp_path, monkeypatch):
+    calls = fake_fineweb_edu(monkeypatch, write_edu_pages(tmp_path / "hub", files=1, rows=30))
     out = tmp_path / "edu"
     assert fineweb.main(["--out", str(out), "--shard-size", "40"]) == 0
     assert calls == [("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", True)]
@@ -357,6 +483,39 @@ def test_fineweb_edu_streams_sample_10bt(tmp_path, monkeypatch):
     # As in build-nanogpt, the whole first shard is val.
     assert (shards[0]["file"], shards[0]["tokens"]) == ("edufineweb_val_000000.npy", 40)
     assert {r["split"] for r in shards[1:]} == {"train"}
+    assert get_tokenizer().decode(stream(out).tolist()).startswith(EOT_TEXT + edu_page(0, 0))
+
+
+def test_fineweb_edu_resumes_from_the_datasets_state(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(fineweb, "CHUNK_CHARS", 150)  # chunks of 4 rows, so positions fall inside files
+    files = write_edu_pages(tmp_path / "hub", files=8, rows=5)
+    calls = fake_fineweb_edu(monkeypatch, files)
+    args = ["--shard-size", "40", "--workers", "2"]
+    assert fineweb.main([*args, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "out"
+    crash_at_save(monkeypatch, [*args, "--out", str(out)], saves=11)
+    last = meta_of(out)["shards"][-1]
+    first_new_row = last["documents_done"] - last["documents_after_position"]  # the recorded chunk's first
+    assert (first_new_row // 5, first_new_row % 5) == (6, 2) and last["documents_after_position"] > 0  # file 6, row 2
+
+    real_load_state_dict, loaded = datasets.IterableDataset.load_state_dict, []
+
+    def load_state_dict(self, state_dict):
+        loaded.append(state_dict)
+        real_load_state_dict(self, state_dict)
+
+    monkeypatch.setattr(datasets.IterableDataset, "load_state_dict", load_state_dict)
+    # datasets restarts from a checkpoint up to two Arrow tables back (here one file each), so files
+    # 4 and 5 stay; reading any earlier one again would now fail.
+    for path in files[:4]:
+        path.write_text("{not json")
+    calls.clear()
+    capsys.readouterr()
+    assert fineweb.main([*args, "--out", str(out)]) == 0
+    assert "from its recorded position" in capsys.readouterr().out
+    assert len(calls) == 1 and loaded == [last["source_position"]]
+    assert np.array_equal(stream(out), stream(tmp_path / "ref")) and written(meta_of(out)) == written(meta_of(tmp_path / "ref"))
 
 
 def test_bench_reports_both_rates_and_writes_nothing(tmp_path, capsys):
