@@ -8,7 +8,9 @@ Scoring is the "completion style" of build-nanogpt's hellaswag.py: for each endi
 the context tokens followed by the tokens of " " + ending, and only the ending tokens are scored
 (cross-entropy of each ending token given everything before it). `acc` picks the ending with the
 lowest summed loss, `acc_norm` the one with the lowest mean loss per token, which does not
-penalise long endings.
+penalise long endings. The rows (4 per example) are sorted by length and packed into forward passes
+of up to --batch-tokens tokens; only the scored positions go through the vocabulary projection, in
+fp32, so a score does not depend on the batch it was computed in.
 
 Reference numbers on all 10,042 validation examples (from build-nanogpt), to tell at once whether
 a result is plausible:
@@ -25,6 +27,7 @@ scoring exists once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -33,15 +36,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from model import get_tokenizer, load_model, load_tokenizer
+from model import GPT, get_tokenizer, load_model, load_tokenizer
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 # The git blob id of that file (SHA-1 of b"blob <size>\0" + contents): a truncated or changed
@@ -49,9 +55,16 @@ HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/d
 HELLASWAG_VAL_GIT_SHA1 = "0f5ee25d72216f12317d5d8a7b92deafa423d81e"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "gpt2-repro" / "hellaswag"
 NUM_ENDINGS = 4
-# Batches are right-padded to a multiple of this many tokens (capped at block_size), so a compiled
-# model sees a few shapes and compiles each once, instead of once per sequence length.
-PAD_MULTIPLE_TOKENS = 64
+# Rows are right-padded to a multiple of this many tokens (capped at block_size): matmul shapes that
+# tensor cores tile well, and a bounded number of shapes, while HellaSwag's rows (median 82 tokens)
+# lose little to padding.
+PAD_MULTIPLE_TOKENS = 8
+# Padded tokens per forward pass (HellaSwag's 10,042 examples take 97). Memory grows with it, the
+# weights aside: the fp32 logits of the scored positions and their log-softmax take 2 x 4 bytes x
+# 50,257 per position (at most 13,552 positions per pass on HellaSwag: 5.4 GB; 13 GB were every
+# position scored), bf16 activations ~0.9 GB for 124M and ~1.9 GB for gpt2-xl. On an 80 GB GPU that
+# is ~7 GB for 124M and ~14 GB for gpt2-xl with its 6.2 GB of fp32 weights (~21 GB at worst).
+DEFAULT_BATCH_TOKENS = 32768
 
 # -----------------------------------------------------------------------------
 # Data
@@ -148,54 +161,118 @@ def iterate_examples(path: str | os.PathLike, limit: int | None = None):
                 return
 
 
-def render_example(example: dict, enc) -> tuple[list[list[int]], list[list[int]], int]:
-    """The four token rows (context + ending), their masks (1 on the ending tokens) and the label."""
-    ctx_tokens = enc.encode_ordinary(example["ctx"])
-    rows, masks = [], []
-    for ending in example["endings"]:
-        # GPT-2-style BPE tokens carry their leading space: " " + ending tokenises the ending as
-        # it would appear after the context.
-        ending_tokens = enc.encode_ordinary(" " + ending)
-        rows.append(ctx_tokens + ending_tokens)
-        masks.append([0] * len(ctx_tokens) + [1] * len(ending_tokens))
-    return rows, masks, example["label"]
+def _encode_ordinary_all(enc, texts: list[str]) -> list[list[int]]:
+    """enc.encode_ordinary of every text, a chunk of texts per thread. tiktoken releases the GIL as
+    it encodes; its encode_ordinary_batch makes one task per text, which costs more than encoding
+    one of HellaSwag's short texts (2.9 s for the 50,210 texts of the validation set, against 1.0 s
+    in one thread and 0.6-0.7 s in two, on a 2-core VM)."""
+    num_threads = min(8, os.cpu_count() or 1)
+    chunk = max(1, -(-len(texts) // num_threads))
+    with ThreadPoolExecutor(num_threads) as pool:
+        parts = pool.map(lambda start: [enc.encode_ordinary(text) for text in texts[start : start + chunk]], range(0, len(texts), chunk))
+        return [tokens for part in parts for tokens in part]
+
+
+def render_examples(examples: list[dict], enc) -> tuple[list[list[int]], list[int]]:
+    """The token rows (context + ending) of every example's four endings, example by example, and
+    each row's number of ending tokens."""
+    # GPT-2-style BPE tokens carry their leading space: " " + ending tokenises the ending as it
+    # would appear after the context.
+    texts = [example["ctx"] for example in examples] + [" " + ending for example in examples for ending in example["endings"]]
+    encoded = _encode_ordinary_all(enc, texts)
+    contexts, endings = encoded[: len(examples)], encoded[len(examples) :]
+    rows = [contexts[i // NUM_ENDINGS] + ending_tokens for i, ending_tokens in enumerate(endings)]
+    return rows, [len(ending_tokens) for ending_tokens in endings]
 
 
 # -----------------------------------------------------------------------------
 # Scoring
 
 
-def collate(rows: list[list[int]], masks: list[list[int]], block_size: int, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token rows into one batch -> idx (num_rows, T) and a bool mask of the scored tokens.
+class Batch(NamedTuple):
+    """One forward pass: num_rows rows of seq_len tokens from PackedRows.tokens[token_start:],
+    scoring PackedRows.targets[target_start:target_end]."""
 
-    A row longer than block_size keeps its last block_size tokens: the ending and as much of the
-    context as fits. T is rounded up to a multiple of PAD_MULTIPLE_TOKENS (at most block_size), and
-    rows past len(rows) are all padding, so that batches share a few shapes. Padding sits after
-    each row, where causal attention keeps it from changing the logits of the real tokens.
+    token_start: int
+    num_rows: int
+    seq_len: int
+    target_start: int
+    target_end: int
+
+
+@dataclass
+class PackedRows:
+    """Token rows packed into forward passes, as flat host arrays that go to the device in one copy each."""
+
+    tokens: np.ndarray  # every batch's (num_rows, seq_len) block of token ids, flattened, one batch after another
+    positions: np.ndarray  # per scored token, the position whose logits predict it, flat within its batch's block
+    targets: np.ndarray  # the scored tokens, batch after batch
+    target_rows: np.ndarray  # per scored token, its row (in the order the rows were given)
+    num_scored: np.ndarray  # per row, how many of its tokens are scored
+    batches: list[Batch]
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i] + 1, ..., starts[i] + counts[i] - 1 for each i, concatenated."""
+    ends = np.cumsum(counts)
+    return np.arange(ends[-1] if len(ends) else 0, dtype=np.int64) + np.repeat(starts - (ends - counts), counts)
+
+
+def pack(rows: list[list[int]], num_ending_tokens: list[int], block_size: int, batch_tokens: int) -> PackedRows:
+    """Pack token rows into forward passes of at most batch_tokens padded tokens (at least one row).
+
+    Rows are sorted longest first, so rows of similar length share a batch, and each batch is
+    right-padded with token 0 to a multiple of PAD_MULTIPLE_TOKENS (at most block_size). A row
+    longer than block_size keeps its last block_size tokens: the ending and as much of the context
+    as fits. Its scored tokens are its ending tokens, all of them unless the ending fills the whole
+    row (nothing predicts a row's first token). Padding sits after each row, where causal attention
+    keeps it from changing the logits of the real tokens.
     """
-    rows = [row[-block_size:] for row in rows]
-    masks = [mask[-block_size:] for mask in masks]
-    longest = max(len(row) for row in rows)
-    T = min(block_size, -(-longest // PAD_MULTIPLE_TOKENS) * PAD_MULTIPLE_TOKENS)
-    idx = torch.zeros((num_rows, T), dtype=torch.long)
-    mask = torch.zeros((num_rows, T), dtype=torch.bool)
-    for i, (row, row_mask) in enumerate(zip(rows, masks)):
-        idx[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = torch.tensor(row_mask, dtype=torch.bool)
-    return idx, mask
+    lengths = np.minimum(np.array([len(row) for row in rows], dtype=np.int64), block_size)
+    num_scored = np.minimum(np.array(num_ending_tokens, dtype=np.int64), lengths - 1)
+    # Longest first: the first batch is the largest, so a batch that does not fit fails at once.
+    order = np.argsort(-lengths, kind="stable")
+    lengths_sorted, scored_sorted = lengths[order], num_scored[order]
+    bounds, seq_lens = [], []  # per batch, its first and end row and its padded length, in sorted rows
+    start = 0
+    while start < len(rows):
+        seq_len = min(block_size, -(-int(lengths_sorted[start]) // PAD_MULTIPLE_TOKENS) * PAD_MULTIPLE_TOKENS)
+        end = min(len(rows), start + max(1, batch_tokens // seq_len))
+        bounds.append((start, end))
+        seq_lens.append(seq_len)
+        start = end
+    rows_per_batch = [end - start for start, end in bounds]
+    widths = np.repeat(np.array(seq_lens, dtype=np.int64), rows_per_batch)  # each sorted row's padded length
+    row_starts = np.cumsum(widths) - widths  # where each sorted row begins in `tokens`
+    kept = itertools.chain.from_iterable(rows[i][len(rows[i]) - length :] for i, length in zip(order, lengths_sorted))
+    tokens = np.zeros(int(widths.sum()), dtype=np.int64)
+    tokens[_ranges(row_starts, lengths_sorted)] = np.fromiter(kept, dtype=np.int64, count=int(lengths_sorted.sum()))
+    # A row's scored tokens are its last ones; the position before each predicts it.
+    predicting = _ranges(row_starts + lengths_sorted - scored_sorted - 1, scored_sorted)
+    batch_starts = np.array([row_starts[start] for start, _ in bounds], dtype=np.int64)
+    positions = predicting - np.repeat(np.repeat(batch_starts, rows_per_batch), scored_sorted)
+    target_bounds = np.concatenate(([0], np.cumsum(scored_sorted)))
+    batches = [
+        Batch(int(batch_start), end - start, seq_len, int(target_bounds[start]), int(target_bounds[end]))
+        for batch_start, (start, end), seq_len in zip(batch_starts, bounds, seq_lens)
+    ]
+    return PackedRows(tokens, positions, tokens[predicting + 1], np.repeat(order, scored_sorted), num_scored, batches)
 
 
-def ending_losses(logits: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed and mean cross-entropy over the masked tokens of each row -> (R,), (R,).
+def token_losses(gpt, hidden_states, idx: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each scored token -> (S,).
 
-    logits (R, T, V) at position t predict token t + 1, so the mask shifts by one. Only the scored
-    positions go through the cross-entropy, a few hundred rows of the vocab instead of R * T.
+    idx (R, T) holds the rows, positions (S,) the flat positions in it whose logits predict targets
+    (S,). The transformer (`hidden_states`: gpt.hidden_states, or a compiled copy) runs under the
+    caller's autocast; only the S scored positions go through the vocabulary projection, the
+    largest matmul, and it and the softmax run in fp32, so that no score is rounded to bf16 and
+    none depends on the batch it came in.
     """
-    target_mask = mask[:, 1:]  # (R, T - 1)
-    losses = torch.zeros(target_mask.shape, dtype=torch.float32, device=logits.device)
-    losses[target_mask] = F.cross_entropy(logits[:, :-1][target_mask].float(), idx[:, 1:][target_mask], reduction="none")
-    sum_loss = losses.sum(dim=1)
-    return sum_loss, sum_loss / target_mask.sum(dim=1)  # rows of padding only give nan, never read
+    hidden = hidden_states(idx).flatten(0, 1)[positions]  # (S, C)
+    with torch.autocast(idx.device.type, enabled=False):
+        # The input must have the weight's dtype: fp32, or bf16 where FSDP gathers weights in bf16.
+        logits = gpt.logits(hidden.to(gpt.lm_head.weight.dtype)).float()  # (S, vocab_size)
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 @dataclass
@@ -208,17 +285,39 @@ class HellaSwagResult:
     predictions: list[dict] = field(default_factory=list)  # this rank's examples only
 
 
-def _block_size(model) -> int:
-    # torch.compile's wrapper forwards attribute lookups to the model; DDP's keeps it in .module.
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return model.config.block_size
+def _unwrap(model) -> GPT:
+    # torch.compile's wrapper keeps the model in ._orig_mod, DDP's in .module.
+    while not isinstance(model, GPT):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    return model
 
 
-def _batches(iterable, size: int):
-    iterator = iter(iterable)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
+@contextlib.contextmanager
+def _fsdp_forward_methods(gpt: GPT):
+    """FSDP2 gathers a sharded model's own weights around forward() only: for the duration, around
+    hidden_states() and logits() too, which evaluation calls instead (a no-op without FSDP)."""
+    registered = []
+    if dist.is_available():
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        for name in ("hidden_states", "logits"):
+            if name not in vars(gpt):  # not registered already by the caller
+                register_fsdp_forward_method(gpt, name)  # sets an instance attribute, under FSDP only
+                if name in vars(gpt):
+                    registered.append(name)
+    try:
+        yield
+    finally:
+        for name in registered:
+            delattr(gpt, name)  # the class's method again
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        # From pinned memory the copy is asynchronous: the host goes on to queue the forward passes.
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 @torch.no_grad()
@@ -226,60 +325,75 @@ def evaluate(
     model,
     examples,
     device: torch.device | str,
-    batch_size: int = 8,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
     enc=None,
+    use_compile: bool = False,
 ) -> HellaSwagResult:
-    """Score examples[rank::world_size] on this rank, batch_size examples (4 rows each) per forward.
+    """Score examples[rank::world_size] on this rank, in forward passes of at most batch_tokens
+    padded tokens (4 rows per example; rows of similar length batched together).
 
-    `model` is a GPT, possibly compiled or DDP-wrapped; it is called as model(idx) and its logits
-    used; `enc` is its tokenizer (None: GPT-2's). The caller sets up autocast (train_gpt2.autocast_context). With world_size > 1 the
-    counts are summed over ranks with torch.distributed.all_reduce, so every rank returns the
-    global n, acc and acc_norm; `predictions` holds this rank's examples, each with its position
-    in `examples` as "index".
+    `model` is a GPT, or a torch.compile or DDP wrapper of one, which is looked through: scoring
+    calls the GPT's hidden_states() and logits(), and `use_compile` compiles hidden_states() (with
+    dynamic shapes: one compilation for every batch shape). `enc` is its tokenizer (None: GPT-2's). The caller sets up autocast
+    (train_gpt2.autocast_context); the vocabulary projection and the loss run in fp32 regardless.
+
+    The host tokenises and packs all of this rank's examples first, and copies them to the device
+    at once; the losses stay on the device until one copy back at the end, so nothing in between
+    makes the host wait for the device. With world_size > 1 every rank runs as many forward passes
+    as the busiest one (under FSDP each is a collective), and the counts are summed over ranks with
+    torch.distributed.all_reduce, so every rank returns the global n, acc and acc_norm;
+    `predictions` holds this rank's examples in their order, each with its position in `examples`
+    as "index".
     """
     device = torch.device(device)
     enc = get_tokenizer() if enc is None else enc
-    block_size = _block_size(model)
-    share = itertools.islice(enumerate(examples), rank, None, world_size)
-    total = len(range(rank, len(examples), world_size)) if hasattr(examples, "__len__") else None
-    predictions = []
-    num_correct = num_correct_norm = 0
+    gpt = _unwrap(model)
+    share = list(itertools.islice(enumerate(examples), rank, None, world_size))
+    rows, num_ending_tokens = render_examples([example for _, example in share], enc)
+    packed = pack(rows, num_ending_tokens, gpt.config.block_size, batch_tokens)
+    tokens, positions, targets = (_to_device(a, device) for a in (packed.tokens, packed.positions, packed.targets))
+    num_forwards = len(packed.batches)
+    if world_size > 1:
+        most = torch.tensor(num_forwards, device=device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        num_forwards = int(most)
+    losses = torch.empty(len(packed.targets), dtype=torch.float32, device=device)
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=total, desc="hellaswag", unit="example", disable=None if progress else True) as bar:
-            for batch in _batches(share, batch_size):
-                rendered = [render_example(example, enc) for _, example in batch]
-                rows = [row for row_group, _, _ in rendered for row in row_group]
-                masks = [mask for _, mask_group, _ in rendered for mask in mask_group]
-                idx, mask = collate(rows, masks, block_size, NUM_ENDINGS * batch_size)
-                idx, mask = idx.to(device), mask.to(device)
-                logits = model(idx)[0]
-                sum_loss, mean_loss = ending_losses(logits, idx, mask)
-                sum_loss = sum_loss[: len(rows)].view(-1, NUM_ENDINGS).cpu()
-                mean_loss = mean_loss[: len(rows)].view(-1, NUM_ENDINGS).cpu()
-                for (index, example), (_, _, label), sums, means in zip(batch, rendered, sum_loss, mean_loss):
-                    pred, pred_norm = int(sums.argmin()), int(means.argmin())
-                    num_correct += pred == label
-                    num_correct_norm += pred_norm == label
-                    predictions.append(
-                        {
-                            "index": index,
-                            "ind": example.get("ind"),
-                            "label": label,
-                            "pred": pred,
-                            "pred_norm": pred_norm,
-                            "sum_losses": sums.tolist(),
-                            "mean_losses": means.tolist(),
-                        }
-                    )
-                bar.update(len(batch))
+        with _fsdp_forward_methods(gpt), tqdm(total=len(rows), desc="hellaswag", unit="row", disable=None if progress else True) as bar:
+            hidden_states = torch.compile(gpt.hidden_states, dynamic=True) if use_compile else gpt.hidden_states
+            for batch in packed.batches:
+                idx = tokens[batch.token_start : batch.token_start + batch.num_rows * batch.seq_len].view(batch.num_rows, batch.seq_len)
+                scored = slice(batch.target_start, batch.target_end)
+                losses[scored] = token_losses(gpt, hidden_states, idx, positions[scored], targets[scored])
+                bar.update(batch.num_rows)
+            for _ in range(num_forwards - len(packed.batches)):  # matching the busiest rank's; never read
+                idx = torch.zeros((1, PAD_MULTIPLE_TOKENS), dtype=torch.long, device=device)
+                token_losses(gpt, hidden_states, idx, idx[0, :1], idx[0, :1])
     finally:
         model.train(was_training)
-    counts = torch.tensor([len(predictions), num_correct, num_correct_norm], dtype=torch.long, device=device)
+    # Summed on the host in float64, each row's tokens in order: the same sums whatever the batches.
+    sum_losses = np.bincount(packed.target_rows, weights=losses.cpu().numpy(), minlength=len(rows)).reshape(-1, NUM_ENDINGS)
+    mean_losses = sum_losses / packed.num_scored.reshape(-1, NUM_ENDINGS)
+    preds, preds_norm = sum_losses.argmin(axis=1), mean_losses.argmin(axis=1)
+    labels = np.array([example["label"] for _, example in share], dtype=np.int64)
+    predictions = [
+        {
+            "index": index,
+            "ind": example.get("ind"),
+            "label": example["label"],
+            "pred": int(pred),
+            "pred_norm": int(pred_norm),
+            "sum_losses": sums.tolist(),
+            "mean_losses": means.tolist(),
+        }
+        for (index, example), pred, pred_norm, sums, means in zip(share, preds, preds_norm, sum_losses, mean_losses)
+    ]
+    counts = torch.tensor([len(share), int((preds == labels).sum()), int((preds_norm == labels).sum())], dtype=torch.long, device=device)
     if world_size > 1:
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     n, num_correct, num_correct_norm = counts.tolist()
@@ -300,7 +414,7 @@ class HellaSwagConfig:
     data: str | None = None  # None: the official validation file, downloaded once into cache_dir
     cache_dir: str | None = None  # None: DEFAULT_CACHE_DIR
     limit: int | None = None  # score only the first `limit` examples
-    batch_size: int = 8  # examples per forward pass (4 rows each)
+    batch_tokens: int = DEFAULT_BATCH_TOKENS  # padded tokens per forward pass (at least one row)
     compile: bool = False
     out: str | None = None  # JSON file with acc, acc_norm, n and every example's predictions
 
@@ -326,8 +440,11 @@ def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
                         help="a HellaSwag .jsonl file (default: the official validation set, downloaded once into --cache-dir)")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help=f"where the download is kept (default: {DEFAULT_CACHE_DIR})")
     parser.add_argument("--limit", type=_positive_int, default=defaults.limit, help="score only the first N examples")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="examples per forward pass, 4 rows each")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile, help="torch.compile the model")
+    parser.add_argument("--batch-tokens", type=_positive_int, default=defaults.batch_tokens,
+                        help=f"padded tokens per forward pass, 4 rows per example (default: {defaults.batch_tokens}; "
+                             "memory grows with it, the weights aside)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
+                        help="torch.compile the transformer, with dynamic shapes (one compilation for every batch shape)")
     parser.add_argument("--out", default=defaults.out, help="write acc, acc_norm, n and every example's predictions to this JSON file")
     return HellaSwagConfig(**vars(parser.parse_args(argv)))
 
@@ -371,13 +488,11 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
         except (OSError, ValueError) as e:
             raise SystemExit(f"the tokenizer of --model {config.model}: {e}") from None
         model.to(device)
-        if config.compile:
-            model = torch.compile(model)
 
         start = time.perf_counter()
         with autocast_context(device):
-            result = evaluate(model, examples, device, config.batch_size, dist_info.rank, dist_info.world_size,
-                              progress=dist_info.is_master, enc=enc)
+            result = evaluate(model, examples, device, config.batch_tokens, dist_info.rank, dist_info.world_size,
+                              progress=dist_info.is_master, enc=enc, use_compile=config.compile)
         elapsed_s = time.perf_counter() - start
 
         if config.out is not None:

@@ -919,9 +919,6 @@ def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device, enc) ->
     return [cfg.sample_prompt + decode_completion(row[prompt.size(1):], enc=enc) for row in out.tolist()]
 
 
-HELLASWAG_BATCH = 16  # examples (of 4 rows each) per forward pass
-
-
 def hellaswag_examples(cfg: TrainConfig, dist_info: Distributed, device: torch.device) -> list[dict] | None:
     """The HellaSwag examples to evaluate, or None (with one clear line) when the data is absent.
 
@@ -947,17 +944,6 @@ def hellaswag_examples(cfg: TrainConfig, dist_info: Distributed, device: torch.d
         examples = list(hellaswag.iterate_examples(path, limit=cfg.hellaswag_limit))
     except ValueError as e:
         raise TrainError(f"--hellaswag-data: {e}") from e
-    if cfg.fsdp:
-        # Every FSDP forward is a collective (it all-gathers the weights), so every rank must run the
-        # same number of batches; a whole multiple of the world size of examples guarantees that.
-        batches_per_rank = {math.ceil(len(range(rank, len(examples), dist_info.world_size)) / HELLASWAG_BATCH)
-                            for rank in range(dist_info.world_size)}
-        if len(batches_per_rank) > 1:
-            kept = len(examples) - len(examples) % dist_info.world_size
-            if dist_info.is_master:
-                print(f"hellaswag: with --fsdp, the first {kept} of {len(examples)} examples (a multiple of the "
-                      f"{dist_info.world_size} ranks)")
-            examples = examples[:kept]
     return examples
 
 
@@ -1108,7 +1094,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         record = {"step": step, "val_loss": val_loss, "hellaswag_acc_norm": None, "hellaswag_acc": None}
         if examples:
             with autocast_context(device):
-                result = hellaswag.evaluate(raw_model, examples, device, batch_size=HELLASWAG_BATCH, rank=dist_info.rank,
+                result = hellaswag.evaluate(raw_model, examples, device, rank=dist_info.rank,
                                             world_size=dist_info.world_size, enc=enc)
             record.update(hellaswag_acc_norm=result.acc_norm, hellaswag_acc=result.acc, hellaswag_n=result.n)
         samples = text_samples(raw_model, cfg, device, enc) if master or cfg.fsdp else []

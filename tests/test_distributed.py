@@ -136,8 +136,8 @@ def test_fsdp_trains_resumes_across_checkpoint_kinds_and_converts(data_dir, refe
     log_dir = tmp_path / "log"
     args = tiny_args(data_dir, log_dir, *EIGHT_STEPS, "--resume", "auto", "--save-every", "3")
     fsdp = [*TORCHRUN, "--standalone", "--nproc_per_node=2", TRAIN_SCRIPT, *args, "--fsdp"]
-    # 33 HellaSwag examples are 17 + 16 on 2 ranks, 2 batches and 1: under FSDP, where every
-    # forward is a collective, that would hang, so 32 are evaluated.
+    # 33 HellaSwag examples are 17 + 16 on 2 ranks: under FSDP, where every forward is a collective,
+    # hellaswag.evaluate runs as many forward passes on each.
     hellaswag = ["--hellaswag", "--hellaswag-data", str(write_jsonl(tmp_path / "hellaswag.jsonl", synthetic_examples(33)))]
     # Steps 1-3 in one process (a .pt file), 4-6 with FSDP from it (a .dcp folder), 7-8 with FSDP from that.
     assert train_gpt2.main([*args, "--stop-at-step", "3"]) == 0
@@ -147,7 +147,7 @@ def test_fsdp_trains_resumes_across_checkpoint_kinds_and_converts(data_dir, refe
     assert [h["resumed_from"] and Path(h["resumed_from"]).name for h in headers(log_dir)] == [None, "ckpt_000003.pt", "ckpt_000006.dcp"]
     assert_same_losses(losses(log_dir), losses(reference))
     last_eval = [r for r in records(log_dir) if r["type"] == "eval"][-1]
-    assert last_eval["step"] == 8 and last_eval["hellaswag_n"] == 32
+    assert last_eval["step"] == 8 and last_eval["hellaswag_n"] == 33
 
     # The folder as the one file generate.py, hellaswag.py and upload_hf.py read: the same weights
     # and optimizer state as the one-process run's (to float rounding: the sums ran in another order).

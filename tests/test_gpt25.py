@@ -320,7 +320,7 @@ def test_hellaswag_with_a_tiny25_checkpoint_matches_unbatched_scoring(trained, t
     data = tmp_path / "hs.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in examples))
     checkpoint = trained / "full" / "ckpt_000008.pt"
-    result = hellaswag.main(["-m", str(checkpoint), "--data", str(data), "-d", "cpu", "--batch-size", "2"])
+    result = hellaswag.main(["-m", str(checkpoint), "--data", str(data), "-d", "cpu", "--batch-tokens", "64"])
     m, enc = GPT.from_checkpoint(checkpoint).eval(), model.get_tokenizer()
     for example, prediction in zip(examples, sorted(result.predictions, key=lambda p: p["index"])):
         sums = []

@@ -1,3 +1,4 @@
+import functools
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from conftest import REPO_ROOT, shared_file
 from model import GPT, GPTConfig, get_tokenizer
 
 BLOCK_SIZE = 64
+TORCHRUN_TIMEOUT_S = 180
 WORDS = "the a man woman dog ball runs jumps into over slowly quickly then and water red house street".split()
 
 
@@ -44,6 +46,22 @@ def synthetic_examples(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path, examples):
     path.write_text("".join(json.dumps(example) + "\n" for example in examples))
     return path
+
+
+def torchrun_two_ranks(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """torchrun with 2 CPU ranks (gloo), one thread each; a run that hangs fails the test after
+    TORCHRUN_TIMEOUT_S, its ranks stopped with it."""
+    env = {k: v for k, v in env.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # torchrun stops its ranks on SIGTERM; SIGKILL would leave them running
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun ran past {TORCHRUN_TIMEOUT_S} s (a collective that one rank never joined?):\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +104,11 @@ def assert_matches_reference(predictions, reference):
 def test_batched_scoring_matches_one_example_at_a_time():
     model = tiny_model()
     examples = synthetic_examples(9)
-    enc = get_tokenizer()
-    lengths = [len(row) for example in examples for row in hellaswag.render_example(example, enc)[0]]
-    assert len(set(lengths)) > 10 and max(lengths) > BLOCK_SIZE  # padding and truncation both matter
+    rows, _ = hellaswag.render_examples(examples, get_tokenizer())
+    assert len(set(map(len, rows))) > 10 and max(map(len, rows)) > BLOCK_SIZE  # padding and truncation both matter
     reference = reference_scores(model, examples)
     model.train()  # evaluate switches to eval mode and back
-    result = hellaswag.evaluate(model, examples, "cpu", batch_size=4)  # 9 = 4 + 4 + 1: a short last batch
+    result = hellaswag.evaluate(model, examples, "cpu", batch_tokens=200)  # a few rows per forward pass
     assert model.training
     assert_matches_reference(result.predictions, reference)
     assert [p["index"] for p in result.predictions] == list(range(9))
@@ -100,33 +117,93 @@ def test_batched_scoring_matches_one_example_at_a_time():
     num_correct_norm = sum(pred_norm == e["label"] for (_, pred_norm, _, _), e in zip(reference, examples))
     assert (result.n, result.num_correct, result.num_correct_norm) == (9, num_correct, num_correct_norm)
     assert result.acc == num_correct / 9 and result.acc_norm == num_correct_norm / 9
-    # A compiled model (the eager backend: no C++ toolchain needed) is called the same way.
-    compiled = hellaswag.evaluate(torch.compile(tiny_model(), backend="eager"), examples, "cpu", batch_size=4)
+    # A compiled model (the eager backend: no C++ toolchain needed) is looked through to the GPT.
+    compiled = hellaswag.evaluate(torch.compile(tiny_model(), backend="eager"), examples, "cpu", batch_tokens=200)
     assert [p["pred"] for p in compiled.predictions] == [p["pred"] for p in result.predictions]
 
 
-def test_many_examples_share_one_padded_forward_pass():
+def test_predictions_do_not_depend_on_batching_or_order():
     model = tiny_model()
-    shapes = []
-    model.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
-    hellaswag.evaluate(model, synthetic_examples(5), "cpu", batch_size=2)
-    assert shapes == [(8, BLOCK_SIZE)] * 3  # the short last batch is padded to the same shape
+    examples = synthetic_examples(12)
+    # One row per forward pass (batch size 1), and up to 16 examples' rows per forward pass.
+    one, sixteen = (hellaswag.evaluate(model, examples, "cpu", batch_tokens=tokens) for tokens in (1, 16 * 4 * BLOCK_SIZE))
+    shuffled = random.Random(1).sample(examples, len(examples))  # other rows share each forward pass
+    by_ind = {p["ind"]: p for p in hellaswag.evaluate(model, shuffled, "cpu", batch_tokens=100).predictions}
+    for a, b, c in zip(one.predictions, sixteen.predictions, (by_ind[e["ind"]] for e in examples)):
+        assert (a["pred"], a["pred_norm"]) == (b["pred"], b["pred_norm"]) == (c["pred"], c["pred_norm"])
+        for key in ("sum_losses", "mean_losses"):
+            assert torch.allclose(torch.tensor(a[key]), torch.tensor(b[key]), atol=1e-5)
+            assert torch.allclose(torch.tensor(a[key]), torch.tensor(c[key]), atol=1e-5)
 
-    rows = [[1, 2, 3], [4, 5, 6, 7, 8]]
-    idx, mask = hellaswag.collate(rows, [[0, 1, 1], [0, 0, 0, 1, 1]], block_size=100, num_rows=4)
-    assert idx.shape == mask.shape == (4, 64)  # rounded up to PAD_MULTIPLE_TOKENS
-    assert idx[1, :5].tolist() == [4, 5, 6, 7, 8] and mask[1, :6].tolist() == [False] * 3 + [True] * 2 + [False]
-    assert not mask[2:].any()
-    idx, mask = hellaswag.collate([list(range(90))], [[0] * 80 + [1] * 10], block_size=70, num_rows=1)
-    assert idx.shape == (1, 70)  # capped at block_size, keeping the last tokens
-    assert idx[0].tolist() == list(range(20, 90)) and mask[0].sum() == 10
+
+def test_rows_are_packed_by_length_and_only_scored_positions_are_projected():
+    model = tiny_model()
+    examples = synthetic_examples(10)
+    rows, num_ending_tokens = hellaswag.render_examples(examples, get_tokenizer())
+    shapes, projected = [], []
+    model.transformer.wte.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    model.lm_head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[0]))
+    hellaswag.evaluate(model, examples, "cpu", batch_tokens=256)
+    assert sum(R for R, _ in shapes) == len(rows) == 40
+    assert all(T % hellaswag.PAD_MULTIPLE_TOKENS == 0 and T <= BLOCK_SIZE and (R * T <= 256 or R == 1) for R, T in shapes)
+    assert [T for _, T in shapes] == sorted((T for _, T in shapes), reverse=True)  # longest rows first
+    real_tokens = sum(min(len(row), BLOCK_SIZE) for row in rows)
+    assert real_tokens / sum(R * T for R, T in shapes) > 0.8  # 0.24 in unsorted batches of 8 examples padded to 64
+    # The vocabulary projection sees the scored positions only: each row's ending tokens (fewer where
+    # a row is truncated to BLOCK_SIZE and its first token is an ending token).
+    num_scored = [min(n, min(len(row), BLOCK_SIZE) - 1) for row, n in zip(rows, num_ending_tokens)]
+    assert projected == [T for T in projected if T > 0] and sum(projected) == sum(num_scored) < real_tokens / 2
+
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], list(range(100, 190))]
+    packed = hellaswag.pack(rows, [2, 3, 10], block_size=70, batch_tokens=80)
+    # Longest first: the 90-token row is cut to its last 70 tokens (70 is the cap, not a multiple of
+    # 8) alone in its pass; the other two share one pass of 16 = 9 rounded up to a multiple of 8.
+    assert [(b.num_rows, b.seq_len) for b in packed.batches] == [(1, 70), (2, 16)]
+    assert packed.tokens[:70].tolist() == list(range(120, 190))
+    assert packed.tokens[70:86].tolist() == [4, 5, 6, 7, 8, 9, 10, 11, 12] + [0] * 7
+    assert packed.tokens[86:].tolist() == [1, 2, 3] + [0] * 13
+    assert packed.num_scored.tolist() == [2, 3, 10]
+    assert packed.targets.tolist() == list(range(180, 190)) + [10, 11, 12, 2, 3]
+    assert packed.target_rows.tolist() == [2] * 10 + [1] * 3 + [0] * 2
+    # positions are flat within their pass: each one predicts the token after it
+    assert packed.positions.tolist() == list(range(59, 69)) + [5, 6, 7, 16, 17]
+    assert [(b.token_start, b.target_start, b.target_end) for b in packed.batches] == [(0, 0, 10), (70, 10, 15)]
+
+
+def test_vocabulary_projection_runs_in_fp32_under_autocast():
+    model = tiny_model()
+    dtypes = []
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, args, output: dtypes.append(("body", output.dtype)))
+    model.lm_head.register_forward_hook(lambda module, args, output: dtypes.append(("projection", output.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = hellaswag.evaluate(model, synthetic_examples(3), "cpu")
+    assert set(dtypes) == {("body", torch.bfloat16), ("projection", torch.float32)} and result.n == 3
+
+
+def test_compile_traces_once_for_all_batch_shapes(monkeypatch):
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    # The eager backend behind a counter: dynamo traces as it would for inductor, without a compiler.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counting_backend))
+    torch._dynamo.reset()
+    model, examples = tiny_model(), synthetic_examples(9)
+    packed = hellaswag.pack(*hellaswag.render_examples(examples, get_tokenizer()), BLOCK_SIZE, 200)
+    assert len({(batch.num_rows, batch.seq_len) for batch in packed.batches}) >= 4
+    compiled = hellaswag.evaluate(model, examples, "cpu", batch_tokens=200, use_compile=True)
+    assert len(graphs) == 1  # dynamic shapes: one trace serves every (rows, tokens) shape
+    eager = hellaswag.evaluate(model, examples, "cpu", batch_tokens=200)
+    assert [(p["pred"], p["pred_norm"]) for p in compiled.predictions] == [(p["pred"], p["pred_norm"]) for p in eager.predictions]
 
 
 def test_cli_writes_predictions_and_prints_result_last(tmp_path, checkpoint, capsys):
     examples = synthetic_examples(6)
     data = write_jsonl(tmp_path / "val.jsonl", examples)
     out = tmp_path / "results" / "hs.json"
-    result = hellaswag.main(["-m", str(checkpoint), "--data", str(data), "--out", str(out), "-d", "cpu", "--batch-size", "4"])
+    result = hellaswag.main(["-m", str(checkpoint), "--data", str(data), "--out", str(out), "-d", "cpu", "--batch-tokens", "256"])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line == f"hellaswag acc={result.acc:.4f} acc_norm={result.acc_norm:.4f} n=6"
     saved = json.loads(out.read_text())
@@ -149,17 +226,54 @@ def test_two_gloo_ranks_give_the_same_counts_as_one(tmp_path, checkpoint):
     cache = tmp_path / "cache"
     cache.mkdir()
     hellaswag.default_data_path(cache).write_bytes(data.read_bytes())
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "hellaswag.py",
-               "-m", str(checkpoint), "--cache-dir", str(cache), "--out", str(tmp_path / "two.json"), "-d", "cpu", "--batch-size", "2"]
-    proc = subprocess.run(command, cwd=REPO_ROOT, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    proc = torchrun_two_ranks(["hellaswag.py", "-m", str(checkpoint), "--cache-dir", str(cache), "--out", str(tmp_path / "two.json"),
+                               "-d", "cpu", "--batch-tokens", "64"], os.environ)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == f"hellaswag acc={single.acc:.4f} acc_norm={single.acc_norm:.4f} n=7"
     one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     for key in ("n", "num_correct", "num_correct_norm", "acc", "acc_norm"):
         assert one[key] == two[key]
     assert [p["index"] for p in two["predictions"]] == list(range(7))
+    # The same predictions and losses, although one process packs all 28 rows into one forward pass
+    # and each rank packs its rows into passes of 64 tokens.
     assert [(p["pred"], p["pred_norm"]) for p in one["predictions"]] == [(p["pred"], p["pred_norm"]) for p in two["predictions"]]
+    for a, b in zip(one["predictions"], two["predictions"]):
+        assert a["sum_losses"] == pytest.approx(b["sum_losses"], abs=1e-5)
+
+
+FSDP_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+import hellaswag
+from test_hellaswag import synthetic_examples, tiny_model
+
+dist.init_process_group("gloo")
+model = tiny_model()
+for block in model.transformer.h:
+    fully_shard(block)
+fully_shard(model)
+result = hellaswag.evaluate(model, synthetic_examples(7), "cpu", batch_tokens=64, rank=dist.get_rank(), world_size=2)
+assert "hidden_states" not in vars(model) and "logits" not in vars(model)  # FSDP's patches are undone
+with open(f"{sys.argv[1]}/rank{dist.get_rank()}.json", "w") as f:
+    json.dump(result.predictions, f)
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_sharded_model_with_unequal_forward_counts(tmp_path):
+    """Under FSDP every forward pass is a collective: a rank with fewer passes runs empty ones
+    rather than hang, and the sharded weights are gathered around hidden_states() and logits()."""
+    examples = synthetic_examples(7)
+    rows = [hellaswag.render_examples(examples[rank::2], get_tokenizer()) for rank in range(2)]
+    assert len({len(hellaswag.pack(*share, BLOCK_SIZE, 64).batches) for share in rows}) == 2
+    script = tmp_path / "fsdp_hellaswag.py"
+    script.write_text(FSDP_SCRIPT)
+    proc = torchrun_two_ranks([str(script), str(tmp_path)],
+                              {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = sorted((p for rank in range(2) for p in json.loads((tmp_path / f"rank{rank}.json").read_text())), key=lambda p: p["index"])
+    assert_matches_reference(sharded, reference_scores(tiny_model(), examples))
 
 
 def test_real_validation_file(tmp_path, checkpoint):
@@ -209,7 +323,7 @@ def test_missing_data_file_and_bad_flags(tmp_path, checkpoint):
     with pytest.raises(SystemExit):
         hellaswag.parse_args(["--limit", "0"])
     with pytest.raises(SystemExit):
-        hellaswag.parse_args(["--batch-size", "-1"])
+        hellaswag.parse_args(["--batch-tokens", "0"])
 
 
 def test_download_once_to_a_temporary_name(tmp_path, monkeypatch):
