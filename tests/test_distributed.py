@@ -195,15 +195,16 @@ def test_fsdp_needs_torchrun(data_dir, tmp_path, capsys):  # noqa: F811
 
 
 def fake_folder(path: Path, complete: bool = True) -> Path:
+    """A .dcp folder's files, with a readable (if empty) train state: what --resume auto looks at."""
     path.mkdir()
     (path / ".metadata").write_bytes(b"")
     if complete:
-        (path / train_gpt2.TRAIN_STATE_FILE).write_bytes(b"")
+        torch.save({}, path / train_gpt2.TRAIN_STATE_FILE)
     return path
 
 
 def test_resume_auto_takes_the_newest_complete_checkpoint_of_either_kind(tmp_path, capsys):
-    (tmp_path / "ckpt_000002.pt").write_bytes(b"")
+    torch.save({}, tmp_path / "ckpt_000002.pt")
     fake_folder(tmp_path / "ckpt_000004.dcp")
     # What crashes leave behind is never resumed from: a file or folder still under its temporary
     # name, and a folder without its train state (copied in part).
@@ -213,7 +214,7 @@ def test_resume_auto_takes_the_newest_complete_checkpoint_of_either_kind(tmp_pat
     cfg = train_gpt2.TrainConfig(log_dir=str(tmp_path), resume="auto")
     assert [p.name for p in train_gpt2.resumable_checkpoints(tmp_path)] == ["ckpt_000002.pt", "ckpt_000004.dcp"]
     assert train_gpt2.resolve_resume(cfg).name == "ckpt_000004.dcp"
-    (tmp_path / "ckpt_000004.pt").write_bytes(b"")  # converted from the folder: the folder stays the one resumed
+    torch.save({}, tmp_path / "ckpt_000004.pt")  # converted from the folder: the folder stays the one resumed
     assert train_gpt2.resolve_resume(cfg).name == "ckpt_000004.dcp"
     with pytest.raises(train_gpt2.TrainError, match="not a complete checkpoint folder"):
         train_gpt2.resolve_resume(train_gpt2.TrainConfig(resume=str(tmp_path / "ckpt_000006.dcp")))
