@@ -2,7 +2,7 @@
 
     python generate.py --prompt "Hello, I'm a language model," --num-samples 5 --max-new-tokens 30
     python generate.py --model log/model_19072.pt --prompt-file prompt.txt --stream
-    python generate.py --bench --bench-preset gpt2      # KV cache against recomputation, offline
+    python generate.py --bench --bench-preset gpt2      # KV cache (eager, compiled) against recomputation, offline
 
 The text is encoded and decoded with the tokenizer the model records (a checkpoint or folder
 trained with a tokenizer.json from train_tokenizer.py carries it), else GPT-2's; --tokenizer names
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,7 +50,8 @@ class GenerateConfig:
     stream: bool = False  # print tokens as they are produced
     stop: bool = True  # end a sample at <|endoftext|>
     kv_cache: bool = True
-    bench: bool = False  # time generation with and without the KV cache instead of printing samples
+    compile: bool | None = None  # torch.compile the KV cache's one-token steps; None: off, but on for --bench on CUDA
+    bench: bool = False  # time generation with the KV cache (eager, compiled) and without it instead of printing samples
     bench_preset: str | None = None  # benchmark a randomly initialised model of this size instead of --model
     bench_tokens: int = 256
 
@@ -63,8 +65,8 @@ def _positive_int(text: str) -> int:
 
 def _temperature(text: str) -> float:
     value = float(text)
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, got {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or a positive number, got {text}")
     return value
 
 
@@ -107,14 +109,21 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
                         help="end each sample at <|endoftext|> (--no-stop: generate all --max-new-tokens and print the marker)")
     parser.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=defaults.kv_cache,
                         help="reuse attention keys and values across steps (--no-kv-cache: recompute the whole sequence every step)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
+                        help="torch.compile each one-token step of the KV cache, on CUDA into a CUDA graph: much faster "
+                             "steps at small batches after compiling for a minute or so, worth it for long or many samples "
+                             "(default: off; with --bench, on for CUDA, which then times the cache both eager and compiled)")
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=defaults.bench,
-                        help="time --bench-tokens new tokens with and without the KV cache, and print the speed-up")
+                        help="time --bench-tokens new tokens with the KV cache (eager, and compiled with --compile) and "
+                             "without it, and print the speed-ups")
     parser.add_argument("--bench-preset", choices=list(PRESETS), default=defaults.bench_preset,
                         help="with --bench: a randomly initialised model of this size instead of --model (runs offline)")
     parser.add_argument("--bench-tokens", type=_positive_int, default=defaults.bench_tokens, help="with --bench: new tokens to time")
     args = parser.parse_args(argv)
     if args.bench_preset is not None and not args.bench:
         parser.error("--bench-preset only applies to --bench")
+    if args.compile and not args.kv_cache:
+        parser.error("--compile compiles the KV cache's one-token steps; it does not apply with --no-kv-cache")
     if args.stream and args.num_samples > 1:
         parser.error("--stream prints one sample as it is produced; use it with --num-samples 1")
     if args.prompt_file is not None:
@@ -170,6 +179,7 @@ def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device)
             top_p=config.top_p,
             generator=torch.Generator(device=device).manual_seed(config.seed),
             use_kv_cache=config.kv_cache,
+            compile=bool(config.compile),
         )
         with autocast_context(device):
             if config.stream:
@@ -187,38 +197,53 @@ def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device)
 
 
 def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict:
-    """Time config.bench_tokens new tokens with and without the KV cache; print and return the timings."""
+    """Time config.bench_tokens new tokens with the KV cache (eager, and compiled with --compile or
+    on CUDA) and without it; print and return the timings and speed-ups."""
     tokens = encode_prompt(config.prompt[0], enc, model.config.block_size)
     idx = torch.tensor([tokens] * config.num_samples, dtype=torch.long, device=device)
     total_tokens = len(tokens) + config.bench_tokens
     if total_tokens > model.config.block_size:
         print(f"bench: {total_tokens} tokens exceed block_size={model.config.block_size}; the steps past it recompute "
               "even with the KV cache, so the speed-up understates it", file=sys.stderr)
+    use_compile = config.compile if config.compile is not None else device.type == "cuda"
 
-    def run(use_kv_cache: bool, max_new_tokens: int) -> float:
+    def run(max_new_tokens: int, use_kv_cache: bool, compiled: bool = False) -> float:
         generator = torch.Generator(device=device).manual_seed(config.seed)
         synchronize(device)
         start = time.perf_counter()
         with autocast_context(device):
             # No stop token: every run generates exactly max_new_tokens.
             model.generate(idx, max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                           generator=generator, use_kv_cache=use_kv_cache)
+                           generator=generator, use_kv_cache=use_kv_cache, compile=compiled)
         synchronize(device)
         return (time.perf_counter() - start) * 1000
 
-    # Warm-up (allocations, kernel selection, thread pools) stays out of the timings.
-    run(True, 8)
-    run(False, 8)
-    cached_ms = run(True, config.bench_tokens)
-    recompute_ms = run(False, config.bench_tokens)
+    # Warm-up (allocations, kernel selection, thread pools) stays out of the timings. The compiled
+    # warm-up generates as many tokens as the timed run, so that it compiles for the same cache length.
+    run(8, use_kv_cache=True)
+    run(8, use_kv_cache=False)
+    compile_ms = run(config.bench_tokens, use_kv_cache=True, compiled=True) if use_compile else None
+    timings_ms = {"cached": run(config.bench_tokens, use_kv_cache=True)}
+    if use_compile:
+        timings_ms["compiled"] = run(config.bench_tokens, use_kv_cache=True, compiled=True)
+    timings_ms["recompute"] = run(config.bench_tokens, use_kv_cache=False)
     name = config.bench_preset or config.model
     kind = "randomly initialised" if config.bench_preset else "loaded"
     print(f"bench: {name} ({kind}, {model.num_params() / 1e6:.1f}M parameters) on {device}, "
           f"batch {config.num_samples}, prompt {len(tokens)} tokens, {config.bench_tokens} new tokens")
-    print(f"with KV cache:    {cached_ms:9.1f} ms ({cached_ms / config.bench_tokens:7.2f} ms/token)")
-    print(f"without KV cache: {recompute_ms:9.1f} ms ({recompute_ms / config.bench_tokens:7.2f} ms/token)")
-    print(f"KV cache speed-up: {recompute_ms / cached_ms:.2f}x")
-    return {"cached_ms": cached_ms, "recompute_ms": recompute_ms, "speedup": recompute_ms / cached_ms}
+    labels = {"cached": "KV cache, eager", "compiled": "KV cache, compiled", "recompute": "no KV cache, eager"}
+    for path, ms in timings_ms.items():
+        print(f"{labels[path] + ':':20s}{ms:10.1f} ms ({ms / config.bench_tokens:8.2f} ms/token)  "
+              f"{timings_ms['recompute'] / ms:6.2f}x")
+    result = {"cached_ms": timings_ms["cached"], "recompute_ms": timings_ms["recompute"],
+              "speedup": timings_ms["recompute"] / timings_ms["cached"]}
+    print(f"KV cache speed-up: {result['speedup']:.2f}x")
+    if use_compile:
+        result.update(compiled_ms=timings_ms["compiled"], compiled_speedup=timings_ms["recompute"] / timings_ms["compiled"],
+                      compile_s=compile_ms / 1000)
+        print(f"compiled KV cache speed-up: {result['compiled_speedup']:.2f}x "
+              f"(its first run, compiling, took {result['compile_s']:.1f} s, not timed)")
+    return result
 
 
 def build_model(config: GenerateConfig) -> tuple:

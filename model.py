@@ -301,25 +301,45 @@ HF_REPO_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-mediu
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, preallocated for speed.
+    """Keys and values of every layer, preallocated for `length` positions (default block_size).
 
     Generation feeds the prompt once, then one token per step; each step attends to the cached
-    keys and values instead of recomputing them for the whole sequence.
+    keys and values instead of recomputing them for the whole sequence. Everything a step reads
+    has a fixed shape and address: `pos`, the number of positions stored so far, is a tensor on
+    the device (the caller advances it), new keys are written at their positions with
+    index_copy_, and attention reads the whole cache with a mask hiding the unwritten positions.
+    So a decode step never changes shape with the sequence length, and torch.compile can capture
+    it once in a CUDA graph (mode="reduce-overhead"), as gpt-fast does
+    (https://github.com/pytorch-labs/gpt-fast).
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # number of positions already stored
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype, length: int | None = None):
+        length = config.block_size if length is None else length
+        if not 1 <= length <= config.block_size:
+            raise ValueError(f"a KV cache of {length} positions does not fit block_size={config.block_size}")
+        shape = (batch_size, config.n_head, length, config.n_embd // config.n_head)  # (B, nh, length, hs)
+        # One tensor per layer: a compiled step writes each in place, where writing into a layer's
+        # slice of one tensor for all layers would make torch.compile copy the whole of it.
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = torch.zeros((), dtype=torch.long, device=device)  # number of positions already stored
+        self.key_pos = torch.arange(length, device=device)  # the position each cache slot holds
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) after the cached positions; return all keys and values so far."""
-        T = k.size(2)
-        self.k[layer, :, :, self.pos : self.pos + T] = k
-        self.v[layer, :, :, self.pos : self.pos + T] = v
-        return self.k[layer, :, :, : self.pos + T], self.v[layer, :, :, : self.pos + T]
+    @property
+    def length(self) -> int:
+        return self.key_pos.size(0)
+
+    def positions(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the positions of T new tokens (T,), the attention mask of their queries (T, length)):
+        query i, at position pos + i, sees the cached keys at positions up to its own."""
+        pos = self.pos + torch.arange(T, device=self.key_pos.device)
+        return pos, self.key_pos[None, :] <= pos[:, None]
+
+    def update(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at positions pos (T,); return the layer's whole cache (B, nh, length, hs) each."""
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -347,7 +367,13 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.residual_scale_init = True
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """With a `cache`, x's tokens are at positions pos (T,) and `mask` (T, cache length) says which
+        cached keys each query sees: KVCache.positions, which GPT.hidden_states calls once for all
+        layers, and this method when they are not given."""
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -357,20 +383,16 @@ class CausalSelfAttention(nn.Module):
             # Rotary embeddings: rotating q and k by angles proportional to their positions makes
             # q.k depend on the distance between them. Keys are cached rotated.
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        mask, is_causal = None, True
         if cache is not None:
-            past = cache.pos
-            k, v = cache.update(self.layer_index, k, v)  # (B, nh, past + T, hs)
-            if past > 0:
-                # SDPA's is_causal aligns the mask to the top-left corner, which is wrong once
-                # queries start after cached keys: query i may see keys 0 .. past + i.
-                is_causal = False
-                if T > 1:
-                    key_pos = torch.arange(past + T, device=x.device)
-                    mask = key_pos[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
+            # Attend over the whole cache with the mask, which hides its unwritten positions.
+            # SDPA's is_causal would be wrong here: it aligns its mask to the top-left corner, so
+            # the first new query would see only the first cached key.
+            if pos is None:
+                pos, mask = cache.positions(T)
+            k, v = cache.update(self.layer_index, pos, k, v)  # (B, nh, length, hs)
         # Flash attention on GPUs (https://arxiv.org/abs/2205.14135), memory-efficient kernels elsewhere.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=cache is None, dropout_p=self.dropout if self.training else 0.0
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
@@ -415,8 +437,11 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, rope)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, rope, pos, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -487,14 +512,19 @@ class GPT(nn.Module):
         vocabulary projection (lm_head) turns into logits.
 
         With a `cache`, idx holds only the new tokens, which follow the cache's positions; the
-        caller advances `cache.pos`.
+        caller advances `cache.pos`, and keeps cache.pos + T within the cache's length (it is a
+        tensor on the device, so this method cannot check it without waiting for the device).
         """
         B, T = idx.size()
-        start = 0 if cache is None else cache.pos
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start + T} is longer than block_size={self.config.block_size}")
-        # Absolute positions: after the cached ones when generating with a cache.
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        mask = None
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
+        else:
+            if T > cache.length:
+                raise ValueError(f"{T} new tokens do not fit a KV cache of {cache.length} positions")
+            pos, mask = cache.positions(T)  # absolute positions, after the cached ones
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.positions == "learned":
@@ -503,7 +533,7 @@ class GPT(nn.Module):
             rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs) each
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache, rope)
+            x = block(x, cache, rope, pos, mask)
         return self.transformer.ln_f(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -556,49 +586,116 @@ class GPT(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         use_kv_cache: bool = True,
+        compile: bool = False,
     ):
         """Yield the next token of every row (a (B,) tensor), max_new_tokens times.
 
         idx (B, T) is the prompt, all rows the same length; it is cropped to its last block_size
-        tokens. With the KV cache each step runs the model on one new token; once the sequence
-        outgrows block_size it falls back to recomputing the last block_size tokens, which is
-        exactly what the uncached path does, so both give the same tokens.
+        tokens. With the KV cache the prompt runs in one pass, then each step runs the model on
+        one new token; once the sequence outgrows block_size it falls back to recomputing the
+        last block_size tokens, which is exactly what the uncached path does, so both give the
+        same tokens.
+
+        `compile` (with the KV cache) runs those one-token steps, sampling included, through
+        torch.compile, on CUDA as a CUDA graph: at batch 1 a step's hundred-odd kernels take less
+        time to run than to launch one by one, and a graph launches them all at once. Its first
+        steps compile (tens of seconds); a new batch size or cache length compiles again. Under
+        autocast the compiled step takes its Linear layers' weights cast once, which gives the
+        same results as autocast's casts without repeating them at every step.
         """
+        check_sampling(temperature, top_k, top_p)
+        if compile and not use_kv_cache:
+            raise ValueError("compile applies to the KV cache's one-token steps: it needs use_kv_cache=True")
         block_size = self.config.block_size
         idx = idx[:, -block_size:]
-        cache = None
+        B, T = idx.size()
+        greedy = temperature < GREEDY_TEMPERATURE
+        cache, stored = None, 0  # stored: cache.pos's value, which the host knows without waiting for the device
         if use_kv_cache:
             # Under autocast the keys and values come out in the autocast dtype (bf16): store them so.
             device_type = idx.device.type
             dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else self.lm_head.weight.dtype
-            cache = KVCache(self.config, idx.size(0), idx.device, dtype)
+            # Room for every position fed (the prompt, then each new token but the last), rounded up
+            # to a multiple of 64 so that prompts of similar lengths share a compiled step.
+            fed_tokens = T + max(max_new_tokens - 1, 0)
+            length = min(block_size, math.ceil(fed_tokens / 64) * 64)
+            cache = KVCache(self.config, B, idx.device, dtype, length)
+            step = _compiled_decode_step(self, cache) if compile else self.decode_step
+        last = idx[:, -1:]
         for _ in range(max_new_tokens):
-            if cache is not None and cache.pos == 0:  # the prompt, in one pass
+            if cache is not None and stored == 0:  # the prompt, in one pass
                 logits, _ = self(idx, cache=cache, last_only=True)
-                cache.pos = idx.size(1)
-            elif cache is not None and cache.pos < block_size:  # only the newest token
-                logits, _ = self(idx[:, -1:], cache=cache, last_only=True)
+                next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+                cache.pos += T
+                stored = T
+            elif cache is not None and stored < cache.length:  # only the newest token
+                noise = None if greedy else sampling_noise((B, self.config.vocab_size), idx.device, generator)
+                next_token = step(last, cache, noise, temperature, top_k, top_p)
                 cache.pos += 1
+                stored += 1
             else:
                 logits, _ = self(idx[:, -block_size:], last_only=True)
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-            idx = torch.cat((idx, next_token[:, None]), dim=1)
+                next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            last = next_token[:, None]  # (B, 1)
+            idx = torch.cat((idx, last), dim=1)
             yield next_token
+
+    def decode_step(
+        self,
+        token: torch.Tensor,
+        cache: KVCache,
+        noise: torch.Tensor | None,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        weights: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """One generation step with a KV cache: token (B, 1) at position cache.pos -> the next token (B,).
+
+        `noise` is sampling_noise's draw for this step (None when greedy), made outside so that
+        this step is a pure function of tensors whose shapes and addresses never change during a
+        generation, which torch.compile captures once (generate_tokens' `compile`). `weights`
+        replaces some of the model's parameters by name (autocast_weights).
+        """
+        if weights is None:
+            logits, _ = self(token, cache=cache, last_only=True)
+        else:
+            # tie_weights=False: lm_head's weight is replaced, the embedding tied to it is not.
+            logits, _ = torch.func.functional_call(self, weights, (token,), dict(cache=cache, last_only=True), tie_weights=False)
+        return pick_token(logits[:, -1, :], temperature, top_k, top_p, noise)
+
+    def autocast_weights(self, device_type: str) -> dict[str, torch.Tensor] | None:
+        """The parameters of the Linear layers cast to the autocast dtype, by name; None without autocast.
+
+        Autocast casts them in every matmul. Eager PyTorch keeps those casts for the duration of
+        the autocast context, but a compiled graph repeats them at every call: for GPT-2 124M a
+        read of 0.5 GB and a write of 0.25 GB per generated token, more than the step's own
+        work at batch 1. Cast once, they give the same values, so the same results.
+        """
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        dtype = torch.get_autocast_dtype(device_type)
+        return {
+            f"{module_name}.{name}": param.to(dtype)
+            for module_name, module in self.named_modules() if isinstance(module, nn.Linear)
+            for name, param in module.named_parameters(recurse=False)
+        }
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, stop_token: int | None = None, **sampling) -> torch.Tensor:
         """Extend idx (B, T) by up to max_new_tokens sampled tokens -> (B, T + new).
 
-        With a stop_token, generation ends early once every row has produced it; the caller cuts
-        each row at its first stop token.
+        With a stop_token, generation ends early once every row has produced it, or on a GPU up to
+        15 tokens later (stop_check_interval); the caller cuts each row at its first stop token.
         """
         new_tokens = []
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        check_every = stop_check_interval(idx.device)
         for token in self.generate_tokens(idx, max_new_tokens, **sampling):
             new_tokens.append(token)
             if stop_token is not None:
                 finished |= token == stop_token
-                if finished.all():
+                if len(new_tokens) % check_every == 0 and finished.all():
                     break
         return torch.cat([idx] + [t[:, None] for t in new_tokens], dim=1)
 
@@ -687,15 +784,39 @@ def decode_completion(tokens: list[int], stop: bool = True, enc=None) -> str:
     return enc.decode(tokens)
 
 
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+# Below this temperature sampling is greedy: dividing logits by it could overflow to inf and
+# make the softmax NaN, and the distribution is an argmax anyway (vLLM's _SAMPLING_EPS).
+GREEDY_TEMPERATURE = 1e-5
+
+
+def stop_check_interval(device: torch.device) -> int:
+    """Every how many tokens GPT.generate asks whether every row has stopped. Asking waits for the
+    device to catch up with the host, which on a GPU otherwise queues the next steps while the
+    current ones run: there, ask every 16 tokens. On CPU asking is free, and a step is not."""
+    return 1 if device.type == "cpu" else 16
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None):
+    """Raise a ValueError naming the setting that no distribution can be sampled with."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature} must be 0 (greedy) or a positive number")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1 (or None: no limit)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] (or None: no limit)")
+
+
+def sampling_noise(shape: tuple[int, int], device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The random draw that samples one token per row: (B, V) exponential variates (see pick_token)."""
+    return torch.empty(shape, device=device, dtype=torch.float32).exponential_(generator=generator)
+
+
+def pick_token(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, noise: torch.Tensor | None
 ) -> torch.Tensor:
-    """logits (B, V) -> one token id per row (B,). temperature 0 is greedy (argmax)."""
-    if temperature == 0:
+    """logits (B, V) and sampling_noise's (B, V) draw -> one token id per row (B,); noise is
+    unused (None) below GREEDY_TEMPERATURE, where this is the argmax."""
+    if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
@@ -710,7 +831,42 @@ def sample_next_token(
         remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
         logits = logits.masked_fill(remove, float("-inf"))
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    # The exponential race: with E_i ~ Exp(1), E_i / p_i is exponential with rate p_i, and the
+    # smallest of them is token i's with probability p_i. torch.multinomial draws one sample
+    # this way, so a seeded generator gives the tokens multinomial(probs, 1) would; drawing the
+    # noise apart keeps the generator out of the compiled step.
+    return (probs / noise).argmax(dim=-1)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """logits (B, V) -> one token id per row (B,). temperature 0 (below GREEDY_TEMPERATURE) is greedy (argmax)."""
+    check_sampling(temperature, top_k, top_p)
+    noise = None if temperature < GREEDY_TEMPERATURE else sampling_noise(tuple(logits.shape), logits.device, generator)
+    return pick_token(logits, temperature, top_k, top_p, noise)
+
+
+def _compiled_decode_step(model: GPT, cache: KVCache):
+    """model.decode_step through torch.compile: one graph (fullgraph, so a graph break is an error
+    rather than a silent slowdown), and on CUDA a CUDA graph (mode="reduce-overhead")."""
+    device_type = cache.pos.device.type
+    weights = model.autocast_weights(device_type)
+    # These tensors keep their addresses for the whole generation: a CUDA graph reads and writes
+    # them in place rather than copying them in and out at every step.
+    for tensor in (*cache.k, *cache.v, cache.pos, cache.key_pos, *(weights or {}).values()):
+        torch._dynamo.mark_static_address(tensor)
+    compiled = torch.compile(model.decode_step, fullgraph=True, mode="reduce-overhead" if device_type == "cuda" else None)
+
+    def step(*args) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer read
+        return compiled(*args, weights).clone()  # a CUDA graph's output is overwritten when it runs again
+
+    return step
 
 
 def load_model(name_or_path: str | os.PathLike) -> GPT:

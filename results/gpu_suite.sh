@@ -7,19 +7,20 @@
 #   PART     what it runs                                                   expected on one H100
 #   bench    bench.py, gpt2 preset (micro-batch 64 x 1024, the full recipe)  ~1.5 min
 #   ladder   bench.py --ladder: each optimisation on top of the previous     ~5 min
-#   evals    HellaSwag (all 10,042, random 124M, eager and compiled),         ~3.5 min
-#            generate.py --bench (KV cache against none, batch 1 and 32)
+#   evals    HellaSwag (all 10,042, random 124M, eager and compiled),         ~5-6 min
+#            generate.py --bench (KV cache eager and compiled, each against
+#            none; batch 1 and 32; each compiles its decode step, ~1 min)
 #   train    fineweb.py pystdlib (~15M tokens), then torchrun train_gpt2.py:  ~6-7 min
 #            gpt2 preset (nccl, bf16, compile) 20 steps, --resume auto 5
 #            more, and a fresh --fsdp run of 10 steps
-#   Planned calls: "bench,evals" (~5 min), "ladder", "train": about 17 minutes of GPU time.
+#   Planned calls: "bench", "evals", "ladder", "train": about 20 minutes of GPU time.
 #
 # Each step writes its stdout and stderr to OUTDIR/<date>_<gpu>_<step>.txt under a header (command,
 # device, torch, date) and ends it with its exit code and wall time; OUTDIR/summary.txt gets one
 # line per step. A failing step does not stop the later ones; the script exits 1 if any step
 # failed, timed out or was skipped. Every step runs under `timeout`, capped by what is left of
 # GPU_SUITE_BUDGET_S for the whole invocation, so one hung step cannot eat the call's 10 minutes.
-# At most 8 files come back from a GPU call: "bench,evals" writes exactly 8, the others fewer.
+# At most 8 files come back from a GPU call: one part per call stays under that.
 #
 # Environment:
 #   GPU_SUITE_CPU_CHECK=1         run every step's command line on CPU with tiny sizes (the smoke
@@ -252,8 +253,8 @@ part_evals() {
         --data "$HELLASWAG_DATA" "${DEVICE_FLAG[@]}" --compile "${HELLASWAG_SIZE[@]}"
     # ~20 s each: 256 new tokens with and without the KV cache. At batch 1 a 124M model on a GPU
     # is bound by kernel launches either way, so batch 32 is measured too.
-    NEEDS_TOKENIZER=1 run_step generate_bench_$MODEL_PRESET 150 "$PYTHON" generate.py --bench "${GENERATE_SIZE[@]}" "${DEVICE_FLAG[@]}"
-    NEEDS_TOKENIZER=1 run_step generate_bench_${MODEL_PRESET}_batch32 150 "$PYTHON" generate.py --bench "${GENERATE_SIZE[@]}" \
+    NEEDS_TOKENIZER=1 run_step generate_bench_$MODEL_PRESET 300 "$PYTHON" generate.py --bench "${GENERATE_SIZE[@]}" "${DEVICE_FLAG[@]}"
+    NEEDS_TOKENIZER=1 run_step generate_bench_${MODEL_PRESET}_batch32 300 "$PYTHON" generate.py --bench "${GENERATE_SIZE[@]}" \
         --num-samples 32 "${DEVICE_FLAG[@]}"
 }
 

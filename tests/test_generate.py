@@ -161,12 +161,14 @@ def test_loads_a_checkpoint_and_a_hugging_face_folder(tmp_path, checkpoint, caps
     [
         ["--temperature", "-0.5"],
         ["--temperature", "nan"],
+        ["--temperature", "inf"],
         ["--top-k", "0"],
         ["--top-p", "0"],
         ["--top-p", "1.5"],
         ["--num-samples", "0"],
         ["--max-new-tokens", "0"],
         ["--stream", "--num-samples", "2"],
+        ["--compile", "--no-kv-cache"],
         ["--bench-preset", "gpt2"],
         ["--prompt", "a", "--prompt-file", "b.txt"],
         ["--prompt-file", "/nonexistent/prompt.txt"],
@@ -183,13 +185,40 @@ def test_sampling_flags_reach_the_config():
     config = generate.parse_args(["--temperature", "0", "--top-k", "1", "--top-p", "1", "--no-stop", "--no-kv-cache"])
     assert (config.temperature, config.top_k, config.top_p, config.stop, config.kv_cache) == (0.0, 1, 1.0, False, False)
     assert generate.parse_args([]).prompt == [generate.DEFAULT_PROMPT]
+    assert (generate.parse_args([]).compile, generate.parse_args(["--compile"]).compile) == (None, True)
 
 
-def test_bench_on_a_tiny_preset(tmp_path, capsys):
+@pytest.fixture
+def aot_eager_compile(monkeypatch):
+    """torch.compile with the aot_eager backend: inductor takes minutes on a CPU, aot_eager seconds."""
+    torch._dynamo.reset()
+    compile = torch.compile
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or compile(fn, **{**kwargs, "backend": "aot_eager"}))
+    yield calls
+    torch._dynamo.reset()
+
+
+def test_compile_gives_the_same_text(checkpoint, capsys, aot_eager_compile):
+    for extra in (("--temperature", "0"), ("--top-k", "20", "--seed", "2")):
+        args = ("-m", checkpoint, "--prompt", "The", "--num-samples", "2", "--max-new-tokens", "20", "--no-stop", "-d", "cpu", *extra)
+        compiled, compiled_out, _ = run(capsys, *args, "--compile")
+        eager, eager_out, _ = run(capsys, *args)
+        assert compiled == eager and compiled_out == eager_out
+    assert aot_eager_compile == [dict(fullgraph=True, mode=None)] * 2  # no CUDA graphs on CPU
+
+
+def test_bench_on_a_tiny_preset(tmp_path, capsys, aot_eager_compile):
     timings = generate.main(["--bench", "--bench-preset", "tiny", "--bench-tokens", "4", "-d", "cpu"])
-    assert timings["cached_ms"] > 0 and timings["recompute_ms"] > 0
+    assert timings["cached_ms"] > 0 and timings["recompute_ms"] > 0 and "compiled_ms" not in timings  # CPU: no compile unless asked
     out = capsys.readouterr().out
     assert "bench: tiny (randomly initialised" in out and f"KV cache speed-up: {timings['speedup']:.2f}x" in out
+    timings = generate.main(["--bench", "--bench-preset", "tiny", "--bench-tokens", "4", "-d", "cpu", "--compile"])
+    out = capsys.readouterr().out
+    for label, key in (("KV cache, eager:", "cached_ms"), ("KV cache, compiled:", "compiled_ms"), ("no KV cache, eager:", "recompute_ms")):
+        line = next(line for line in out.splitlines() if line.startswith(label))
+        assert f"{timings[key] / 4:.2f} ms/token" in line and f"{timings['recompute_ms'] / timings[key]:.2f}x" in line
+    assert f"compiled KV cache speed-up: {timings['compiled_speedup']:.2f}x" in out and timings["compile_s"] > 0
     # A model that cannot be loaded is an error that points to --bench-preset, never a silent stand-in.
     with pytest.raises(SystemExit, match="--bench-preset gpt2 builds a randomly initialised model"):
         generate.main(["--bench", "-m", str(tmp_path / "missing.pt")])

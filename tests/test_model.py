@@ -126,17 +126,106 @@ def test_kv_cache_matches_recompute():
     full, _ = m(prompt)
     cache = model.KVCache(m.config, 3, "cpu", torch.float32)
     m(prompt[:, :2], cache=cache)
-    cache.pos = 2
+    cache.pos += 2
     rest, _ = m(prompt[:, 2:], cache=cache)
     assert torch.allclose(rest, full[:, 2:], atol=1e-5)
 
 
-def test_generate_stops_at_stop_token():
+def test_kv_cache_is_sized_to_the_generation(monkeypatch):
+    lengths = []
+
+    class SpyCache(model.KVCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            lengths.append((self.length, self.k[0].shape, self.k[0].dtype))
+
+    monkeypatch.setattr(model, "KVCache", SpyCache)
+    m = small_model(block_size=128, vocab_size=1024)
+    prompt = random_tokens(3, 5, vocab=1024)
+    m.generate(prompt, 10, temperature=0)  # positions 0 .. 13 are fed: 14, rounded up to 64
+    m.generate(prompt, 70, temperature=0)  # 74 -> 128
+    m.generate(prompt, 130, temperature=0)  # more than block_size: block_size, then recomputation
+    assert lengths == [(64, (3, 4, 64, 16), torch.float32), (128, (3, 4, 128, 16), torch.float32),
+                       (128, (3, 4, 128, 16), torch.float32)]
+    # Under autocast the keys and values come out of c_attn in bf16, and are cached so.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached = m.generate(prompt, 10, temperature=0)
+        assert torch.equal(cached, m.generate(prompt, 10, temperature=0, use_kv_cache=False))
+    assert lengths[-1] == (64, (3, 4, 64, 16), torch.bfloat16)
+
+
+@pytest.fixture
+def compiled_graphs(monkeypatch):
+    """torch.compile records the graphs it compiles and runs them as they are: traced and
+    functionalized as for inductor (AOTAutograd), in seconds rather than inductor's minutes on CPU."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def record(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    compile, backend = torch.compile, aot_autograd(fw_compiler=record)  # one backend: a new one would recompile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compile(fn, **{**kwargs, "backend": backend}))
+    yield graphs
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(model.MODERN, d_ff=192)], ids=["gpt2", "gpt2.5"])
+def test_compiled_decode_step_is_one_graph_with_the_same_tokens(compiled_graphs, overrides):
+    m = small_model(block_size=64, vocab_size=1024, **overrides)
+    prompt = random_tokens(2, 5, vocab=1024)
+    greedy = m.generate(prompt, 30, temperature=0, compile=True)
+    # One graph (fullgraph: no breaks) for all 29 one-token steps: the step's shapes do not change
+    # with the position, so a CUDA graph captures it once.
+    assert len(compiled_graphs) == 1
+    assert torch.equal(greedy, m.generate(prompt, 30, temperature=0))
+    assert torch.equal(greedy, m.generate(prompt, 30, temperature=0, use_kv_cache=False))
+    # Another prompt length with the same cache length (rounded up to 64) reuses that graph.
+    m.generate(random_tokens(2, 9, vocab=1024), 30, temperature=0, compile=True)
+    assert len(compiled_graphs) == 1
+    # Seeded sampling picks the same tokens as the eager cached and uncached paths; past
+    # block_size it falls back to recomputing, as they do.
+    sample = lambda **kwargs: m.generate(prompt, 70, temperature=0.9, top_k=50, top_p=0.9,
+                                         generator=torch.Generator().manual_seed(7), **kwargs)
+    sampled = sample(compile=True)
+    assert torch.equal(sampled, sample()) and torch.equal(sampled, sample(use_kv_cache=False))
+    assert len(compiled_graphs) == 2  # sampling is a second graph
+
+
+def test_compiled_decode_step_under_autocast_casts_no_weights(compiled_graphs):
+    m = small_model(block_size=64, vocab_size=1024)
+    prompt = random_tokens(2, 5, vocab=1024)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled = m.generate(prompt, 20, temperature=0, compile=True)
+        assert torch.equal(compiled, m.generate(prompt, 20, temperature=0))
+    # Autocast would cast every Linear weight to bf16 at every step of a compiled graph; the
+    # step gets them cast once instead, so no fp32 matrix is cast in it.
+    (graph,) = compiled_graphs
+    casts = [node for node in graph.graph.nodes if node.target == torch.ops.aten._to_copy.default
+             and node.args[0].op == "placeholder" and node.args[0].meta["val"].dim() == 2]
+    assert not casts
+    weights = m.autocast_weights("cpu")
+    assert weights is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weights = m.autocast_weights("cpu")
+    linear_params = [name for name, _ in m.named_parameters() if ".attn.c_" in name or ".mlp.c_" in name]
+    assert len(linear_params) == 2 * 4 * 2 and sorted(weights) == sorted(linear_params + ["lm_head.weight"])
+    assert all(w.dtype == torch.bfloat16 for w in weights.values())
+
+
+def test_generate_stops_at_stop_token(monkeypatch):
     m = small_model()
     prompt = random_tokens(1, 4)
     first = m.generate(prompt, 1, temperature=0)[0, -1].item()
     out = m.generate(prompt, 10, temperature=0, stop_token=first)
     assert out.shape == (1, 5)
+    # Where asking whether every row has stopped waits for a GPU, it is asked every few tokens.
+    assert model.stop_check_interval(torch.device("cpu")) == 1
+    monkeypatch.setattr(model, "stop_check_interval", lambda device: 4)
+    assert m.generate(prompt, 10, temperature=0, stop_token=first).shape == (1, 8)
 
 
 def test_sampling_filters():
@@ -150,6 +239,41 @@ def test_sampling_filters():
     draws = {model.sample_next_token(logits, 1.0, top_p=0.8, generator=g).item() for _ in range(200)}
     assert draws == {0, 1}
     assert model.sample_next_token(logits, 0).item() == 0
+
+
+def test_sampling_draws_as_multinomial_does():
+    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 3
+    ours, theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(20):
+        token = model.sample_next_token(logits, 1.0, generator=ours)
+        assert torch.equal(token, torch.multinomial(logits.softmax(dim=-1), 1, generator=theirs).squeeze(-1))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(temperature=-0.5), "temperature=-0.5 must be 0"),
+        (dict(temperature=float("nan")), "temperature=nan must be 0"),
+        (dict(temperature=float("inf")), "temperature=inf must be 0"),
+        (dict(top_k=0), "top_k=0 must be at least 1"),
+        (dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p=1.5 must be in \(0, 1\]"),
+    ],
+)
+def test_sampling_rejects_settings_with_no_distribution(settings, message):
+    logits = torch.tensor([[4.0, 3.0, 2.0, -1.0]])
+    with pytest.raises(ValueError, match=message):
+        model.sample_next_token(logits, **{"temperature": 1.0, **settings})
+    with pytest.raises(ValueError, match=message):
+        small_model().generate(random_tokens(1, 3), 2, **{"temperature": 1.0, **settings})
+
+
+def test_tiny_temperatures_are_greedy():
+    # logits / 1e-45 would overflow to inf, and the softmax to NaN.
+    logits = torch.tensor([[4.0, 3.0, 2.0, -1.0], [-2.0, 5.0, 5.0 - 1e-3, 0.0]])
+    for temperature in (1e-45, model.GREEDY_TEMPERATURE / 2):
+        assert model.sample_next_token(logits, temperature).tolist() == [0, 1]
+    assert model.sample_next_token(logits, 1.0, top_k=1, generator=torch.Generator().manual_seed(0)).tolist() == [0, 1]
 
 
 # -----------------------------------------------------------------------------
