@@ -410,18 +410,32 @@ def tokenizer_record(encoding, path: str | None) -> dict:
 # Writing shards
 
 
-def _write_atomic(path: Path, write: Callable) -> None:
-    """Writes through `write(file)` to path.tmp, then renames: a crash never leaves a partial `path`."""
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a power loss can undo it, or keep it while
+    the renamed file's contents are lost."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, write: Callable) -> None:
+    """Writes through `write(file)` to path.tmp, flushes it to disk, then renames: a crash, or a
+    machine that dies after it, never leaves a partial `path`. Shards and train_gpt2.py's
+    checkpoints are written this way."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
         write(file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _save_shard(path: Path, tokens: np.ndarray) -> None:
-    _write_atomic(path, lambda file: np.save(file, tokens))
+    write_atomic(path, lambda file: np.save(file, tokens))
 
 
 def write_meta(data_dir: Path, meta: dict) -> None:
@@ -430,7 +444,7 @@ def write_meta(data_dir: Path, meta: dict) -> None:
     meta["split_tokens"] = {split: sum(r["tokens"] for r in shards if r["split"] == split) for split in SPLITS}
     meta["documents"] = sum(record["documents"] for record in shards)
     meta["replaced_bytes"] = sum(record["replaced_bytes"] for record in shards)
-    _write_atomic(data_dir / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
+    write_atomic(data_dir / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
 
 
 class ShardWriter:

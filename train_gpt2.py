@@ -51,7 +51,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
-from fineweb import ShardError, list_shards, load_shard, read_meta
+from fineweb import ShardError, fsync_dir, list_shards, load_shard, read_meta, write_atomic
 from model import (TRAIN_STATE_FILE, GPT, GPTConfig, decode_completion, get_tokenizer, is_complete_sharded_checkpoint,
                    read_checkpoint_state, tokenizer_from_json, vocab_sha256)
 
@@ -615,28 +615,11 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8))
 
 
-def fsync_dir(folder: Path):
-    """Make a rename in `folder` durable: without it a power loss can undo it, or keep it while
-    the renamed file's contents are lost."""
-    if os.name == "posix":
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(path: Path, checkpoint: dict):
-    """Write to a temporary name, flush it to disk, then rename: a crash mid-save, or a machine
-    that dies after it, never destroys the last good checkpoint nor leaves a truncated one under
-    its final name."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        torch.save(checkpoint, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Write to a temporary name, flush it to disk, then rename (fineweb.write_atomic): a crash
+    mid-save, or a machine that dies after it, never destroys the last good checkpoint nor leaves
+    a truncated one under its final name."""
+    write_atomic(path, lambda file: torch.save(checkpoint, file))
 
 
 def save_sharded_checkpoint(path: Path, model, optimizer, train_state: dict, master: bool):

@@ -157,11 +157,11 @@ def test_crash_mid_write_leaves_no_file_under_the_final_name(tmp_path):
         raise Crash
 
     with pytest.raises(Crash):
-        fineweb._write_atomic(target, write_half_then_die)
+        fineweb.write_atomic(target, write_half_then_die)
     assert not target.exists()
     fineweb._save_shard(target, np.arange(5, dtype=np.uint16))
     with pytest.raises(Crash):
-        fineweb._write_atomic(target, write_half_then_die)
+        fineweb.write_atomic(target, write_half_then_die)
     assert load_shard(target).tolist() == [0, 1, 2, 3, 4]  # the previous complete file survives
 
 
