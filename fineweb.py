@@ -36,7 +36,6 @@ import argparse
 import copy
 import functools
 import glob
-import hashlib
 import itertools
 import json
 import multiprocessing
@@ -59,7 +58,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model import get_tokenizer, vocab_sha256
+from model import file_sha256, get_tokenizer, vocab_sha256
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -302,7 +301,7 @@ def stdlib_files() -> list[Path]:
 
 def download_tinyshakespeare(path: Path) -> None:
     """Downloads Tiny Shakespeare to `path` unless it is already there, checking its sha256."""
-    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256:
+    if path.is_file() and file_sha256(path) == TINYSHAKESPEARE_SHA256:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -311,7 +310,7 @@ def download_tinyshakespeare(path: Path) -> None:
             shutil.copyfileobj(response, file)
     except (urllib.error.URLError, OSError) as error:
         raise ShardError(f"cannot download {TINYSHAKESPEARE_URL} ({error}): save it as {path} yourself and rerun") from error
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    digest = file_sha256(tmp)
     if digest != TINYSHAKESPEARE_SHA256:
         tmp.unlink()
         raise ShardError(f"{TINYSHAKESPEARE_URL} has sha256 {digest}, not {TINYSHAKESPEARE_SHA256}: download it again")

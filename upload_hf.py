@@ -25,7 +25,6 @@ kept and the error gives the command that runs the upload again.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_re
 from huggingface_hub.utils import httpx
 
 from fineweb import FINEWEB_EDU_REPO, SOURCES, ShardError, read_meta
-from model import GPT, GPTConfig, load_tokenizer, read_checkpoint_state
+from model import GPT, GPTConfig, file_sha256, load_tokenizer, read_checkpoint_state
 from train_gpt2 import GPT2_124M_HELLASWAG, GPT2_124M_VAL_LOSS, TrainConfig, latest_checkpoint, latest_per_step, list_checkpoints, read_metrics
 
 CHECKPOINT_KEYS = ("model", "model_config", "step", "tokens_seen", "config", "format_version")
@@ -178,14 +177,6 @@ def check_out_dir(out: Path, overwrite_out: bool, inputs: list[Path], card: Path
         return True
     raise UploadError(f"--out {out} {problem}: {card_hint}choose another --out, "
                       "or pass --overwrite-out to move its contents aside (to a .backup folder beside it) and replace it")  # fmt: skip
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:
