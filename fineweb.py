@@ -36,6 +36,7 @@ import argparse
 import copy
 import functools
 import glob
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -304,17 +305,15 @@ def download_tinyshakespeare(path: Path) -> None:
     if path.is_file() and file_sha256(path) == TINYSHAKESPEARE_SHA256:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=60) as response, open(tmp, "wb") as file:
-            shutil.copyfileobj(response, file)
+        with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=60) as response:
+            data = response.read()  # 1.1 MB
     except (urllib.error.URLError, OSError) as error:
         raise ShardError(f"cannot download {TINYSHAKESPEARE_URL} ({error}): save it as {path} yourself and rerun") from error
-    digest = file_sha256(tmp)
+    digest = hashlib.sha256(data).hexdigest()
     if digest != TINYSHAKESPEARE_SHA256:
-        tmp.unlink()
         raise ShardError(f"{TINYSHAKESPEARE_URL} has sha256 {digest}, not {TINYSHAKESPEARE_SHA256}: download it again")
-    os.replace(tmp, path)
+    write_atomic(path, lambda file: file.write(data))
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -420,11 +419,11 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(path: Path, write: Callable) -> None:
-    """Writes through `write(file)` to path.tmp, flushes it to disk, then renames: a crash, or a
-    machine that dies after it, never leaves a partial `path`. Shards and train_gpt2.py's
-    checkpoints are written this way."""
-    tmp = path.with_name(path.name + ".tmp")
+def write_atomic(path: Path, write: Callable, tmp: Path | None = None) -> None:
+    """Writes through `write(file)` to `tmp` (path.tmp unless given), flushes it to disk, then
+    renames: a crash, or a machine that dies after it, never leaves a partial `path`. Shards,
+    downloads, tokenizers and train_gpt2.py's checkpoints are written this way."""
+    tmp = tmp or path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
         write(file)
         file.flush()

@@ -47,12 +47,14 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from fineweb import write_atomic
 from model import GPT, get_tokenizer, load_model, load_tokenizer
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 # The git blob id of that file (SHA-1 of b"blob <size>\0" + contents): a truncated or changed
 # download is refused instead of silently scored.
 HELLASWAG_VAL_GIT_SHA1 = "0f5ee25d72216f12317d5d8a7b92deafa423d81e"
+VAL_EXAMPLES = 10_042  # in that file; the reference numbers above are on all of them
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "gpt2-repro" / "hellaswag"
 NUM_ENDINGS = 4
 # Rows are right-padded to a multiple of this many tokens (capped at block_size): matmul shapes that
@@ -109,11 +111,11 @@ def download(
             f"{url} sent a file with git blob id {actual}, not the expected {expected_git_sha1} "
             "(truncated, or changed upstream); nothing was saved: retry, or pass a copy you trust with --data"
         )
+    # A name of its own: the first process of each node downloads, and nodes may share this folder.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_name, path)
+        write_atomic(path, lambda file: file.write(data), tmp=Path(tmp_name))
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -515,11 +517,9 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
 
 
 def _write_json(path: Path, obj: dict):
-    # A temporary file moved into place: an interrupted run never leaves half a results file.
+    # An interrupted run never leaves half a results file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp_path, path)
+    write_atomic(path, lambda file: file.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fineweb import SOURCES, FinewebConfig, ShardError, download_tinyshakespeare, make_plan
+from fineweb import SOURCES, FinewebConfig, ShardError, download_tinyshakespeare, make_plan, write_atomic
 from model import EOT_TEXT, tokenizer_from_json
 
 # 256 single bytes and <|endoftext|> come first; fineweb.py stores ids as uint16.
@@ -112,9 +112,7 @@ def train(config: TokenizerConfig) -> Path:
     tokenizer_json = tokenizer.to_str(pretty=True)
     encoding = tokenizer_from_json(tokenizer_json, source=str(out))  # the check every later stage makes, made now
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(tokenizer_json, encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, lambda file: file.write(tokenizer_json.encode("utf-8")))
     if encoding.n_vocab < config.vocab_size:
         print(f"note: the corpus ran out of pairs to merge at {encoding.n_vocab} tokens, short of --vocab-size {config.vocab_size}")
     print(f"trained {encoding.n_vocab:,} tokens on {counts['chars']:,} characters in {counts['documents']:,} documents "

@@ -45,6 +45,7 @@ from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_re
 # unchanged on a network failure; huggingface_hub exports it under this name across versions.
 from huggingface_hub.utils import httpx
 
+import hellaswag
 from fineweb import FINEWEB_EDU_REPO, SOURCES, ShardError, read_meta
 from model import GPT, GPTConfig, file_sha256, load_tokenizer, read_checkpoint_state
 from train_gpt2 import GPT2_124M_HELLASWAG, GPT2_124M_VAL_LOSS, TrainConfig, latest_checkpoint, latest_per_step, list_checkpoints, read_metrics
@@ -59,7 +60,6 @@ MAX_TRANSFORMERS_LOGIT_DIFF = 1e-4  # another implementation: same math, other k
 EXPORT_MARKER = ".upload_hf"
 TRAINING_DIR = "training"
 DEFAULT_LICENSE = "mit"
-HELLASWAG_VAL_EXAMPLES = 10_042  # the whole validation set, on which GPT2_124M_HELLASWAG was measured
 
 
 class UploadError(Exception):
@@ -344,17 +344,17 @@ def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metri
             label = f"HellaSwag {key.removeprefix('hellaswag_')}" + (f" ({examples:,} examples)" if value is not None and examples else "")
             lines.append(f"| {label} | {'not measured' if value is None else f'{value:.4f}'} | {evaluation['step']:,} |")
         # OpenAI's GPT-2 124M on the same measures, so a reader can judge the figures at once.
-        references = f"HellaSwag acc_norm {GPT2_124M_HELLASWAG} on all {HELLASWAG_VAL_EXAMPLES:,} validation examples with the same scoring (hellaswag.py)"
+        references = f"HellaSwag acc_norm {GPT2_124M_HELLASWAG} on all {hellaswag.VAL_EXAMPLES:,} validation examples with the same scoring (hellaswag.py)"
         if dataset == FINEWEB_EDU_REPO:
             references += f", validation loss {GPT2_124M_VAL_LOSS} on the same FineWeb-Edu validation shard (as build-nanogpt measured it)"
         lines += ["", f"Validation loss is on held-out tokens of the training data. For comparison, OpenAI's GPT-2 124M: {references}."]
         if acc_norm is not None and not examples:
             lines += ["", "The run's metrics.jsonl does not record how many HellaSwag examples these figures cover "
                           "(see hellaswag_limit in the training configuration below)."]  # fmt: skip
-        elif acc_norm is not None and examples != HELLASWAG_VAL_EXAMPLES:
+        elif acc_norm is not None and examples != hellaswag.VAL_EXAMPLES:
             # Binomial standard error: how far a subset's accuracy may be from the whole set's.
             stderr = math.sqrt(acc_norm * (1 - acc_norm) / examples)
-            lines += ["", f"HellaSwag was scored on {examples:,} examples, a subset of the {HELLASWAG_VAL_EXAMPLES:,} in its validation "
+            lines += ["", f"HellaSwag was scored on {examples:,} examples, a subset of the {hellaswag.VAL_EXAMPLES:,} in its validation "
                           f"set (train_gpt2.py --hellaswag-limit), so its figures are rough: the standard error of acc_norm is "
                           f"about {stderr:.3f}, and the comparison with GPT-2's full-set figure is only indicative."]  # fmt: skip
     if has_plot:

@@ -1,6 +1,7 @@
 """fineweb.py: sources, shard format, val/train split, resume, safety, and the reader train_gpt2.py uses."""
 
 import fnmatch
+import hashlib
 import io
 import json
 import re
@@ -347,6 +348,24 @@ def test_tinyshakespeare_download_rejects_wrong_bytes(tmp_path, monkeypatch):
     with pytest.raises(ShardError, match="sha256"):
         fineweb.download_tinyshakespeare(tmp_path / "input.txt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tinyshakespeare_download_writes_the_checked_bytes_once(tmp_path, monkeypatch):
+    served = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
+    requested = []
+
+    def fake_urlopen(url, timeout):
+        requested.append(url)
+        return io.BytesIO(served)
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(fineweb, "TINYSHAKESPEARE_SHA256", hashlib.sha256(served).hexdigest())
+    path = tmp_path / "ts" / "input.txt"
+    fineweb.download_tinyshakespeare(path)
+    assert path.read_bytes() == served and requested == [fineweb.TINYSHAKESPEARE_URL]
+    assert [p.name for p in path.parent.iterdir()] == ["input.txt"]  # no temporary file left
+    fineweb.download_tinyshakespeare(path)
+    assert len(requested) == 1  # checked on disk, not downloaded again
 
 
 def fake_snapshot_download(repo_dir):
