@@ -39,21 +39,24 @@ class Rung:
     bf16: bool = True
     attention: str = "default"  # SDPA backend: math (no fused kernel), default (flash), cudnn
     compile: bool = True
+    compile_mode: str = "default"  # torch.compile's mode: "reduce-overhead" replays CUDA graphs
     fused_adamw: bool = True
     pad_vocab: bool = True
     micro_batch: int | None = None  # None: --micro-batch
 
 
 FULL = Rung("full recipe")
-LADDER = [
-    Rung("fp32 baseline", tf32=False, bf16=False, attention="math", compile=False, fused_adamw=False, pad_vocab=False),
-    Rung("+ TF32 matmuls", bf16=False, attention="math", compile=False, fused_adamw=False, pad_vocab=False),
-    Rung("+ bf16 autocast", attention="math", compile=False, fused_adamw=False, pad_vocab=False),
-    Rung("+ SDPA flash attention", compile=False, fused_adamw=False, pad_vocab=False),
-    Rung("+ torch.compile", fused_adamw=False, pad_vocab=False),
-    Rung("+ fused AdamW", pad_vocab=False),
-    Rung("+ vocab 50304"),
-    Rung("+ cuDNN attention", attention="cudnn"),
+BASELINE = Rung("fp32 baseline", tf32=False, bf16=False, attention="math", compile=False, fused_adamw=False, pad_vocab=False)
+# The ladder: each rung turns one thing on, on top of the rungs before it (see main()).
+LADDER_STEPS = [
+    ("+ TF32 matmuls", dict(tf32=True)),
+    ("+ bf16 autocast", dict(bf16=True)),
+    ("+ SDPA flash attention", dict(attention="default")),
+    ("+ torch.compile", dict(compile=True)),
+    ("+ fused AdamW", dict(fused_adamw=True)),
+    ("+ vocab 50304", dict(pad_vocab=True)),
+    ("+ cuDNN attention", dict(attention="cudnn")),
+    ("+ CUDA graphs", dict(compile_mode="reduce-overhead")),
 ]
 ATTENTION_BACKENDS = {"math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
 # The model and micro-batch of train_gpt2.py's presets, so the benchmark measures what a run does.
@@ -89,7 +92,7 @@ def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     if not (rung.fused_adamw and cuda):
         for group in optimizer.param_groups:
             group["fused"] = False
-    model = torch.compile(raw_model) if rung.compile else raw_model
+    model = torch.compile(raw_model, mode=rung.compile_mode) if rung.compile else raw_model
     tokens = torch.randint(0, model_config.vocab_size, (micro_batch, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
     x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if rung.bf16 and cuda else contextlib.nullcontext()
@@ -167,22 +170,28 @@ def main(argv=None) -> int:
     peak = peak_flops(device)
     print(f"device: {device_name(device)} | torch {torch.__version__} | peak bf16 FLOP/s assumed: {peak or 'unknown (no MFU)'}")
     print(f"config: {json.dumps(asdict(cfg))}")
-    rungs = LADDER if cfg.ladder else [FULL if device.type == "cuda" else replace(FULL, name="default (fp32 on CPU)", compile=False)]
     print(f"| {'configuration':<28} | batch | {'tokens/s':>12} | {'step ms':>9} | {'MFU':>6} | memory |")
     print(f"|{'-' * 30}|-------|{'-' * 14}|{'-' * 11}|{'-' * 8}|--------|")
-    results, last_good = [], None
-    for rung in rungs + ([None] if cfg.ladder and cfg.larger_batch else []):
-        if rung is None:  # the larger micro-batch, on top of the last rung that ran
-            if last_good is None:
-                break
-            rung = replace(last_good, name=f"+ micro-batch {cfg.larger_batch}", micro_batch=cfg.larger_batch)
+    if cfg.ladder:
+        base, plan = BASELINE, [(BASELINE.name, {})] + LADDER_STEPS
+        if cfg.larger_batch:
+            plan.append((f"+ micro-batch {cfg.larger_batch}", dict(micro_batch=cfg.larger_batch)))
+    else:
+        base = FULL if device.type == "cuda" else replace(FULL, name="default (fp32 on CPU)", compile=False)
+        plan = [(base.name, {})]
+    results = []
+    for name, change in plan:
+        rung = replace(base, name=name, **change)
         result = run_rung(cfg, rung, device)
         results.append(result)
         if "error" in result:
             print(f"| {rung.name:<28} | {result['error']} |", flush=True)
         else:
-            last_good = rung
             print(format_row(result), flush=True)
+        # The next rung builds on this one, unless this one's feature failed here (a backend this GPU
+        # lacks, a compiler error): then it is left out. Out of memory is no verdict on the feature.
+        if "error" not in result or result["error"] == "out of memory":
+            base = rung
         if cfg.json_out:  # after every rung, so that a run cut short keeps what it measured
             with open(cfg.json_out, "w") as f:
                 json.dump({"device": device_name(device), "torch": torch.__version__, "config": asdict(cfg), "results": results}, f, indent=2)
@@ -193,7 +202,7 @@ def run_rung(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     """measure(), or the rung's error: one rung that fails (out of memory, a backend this GPU
     lacks, a compiler error) is reported in its row and the ladder goes on."""
     try:
-        return measure(cfg, rung, device)
+        return {**measure(cfg, rung, device), "settings": asdict(rung)}
     except Exception as e:  # any failure belongs in the table, not in a traceback
         first_line = (str(e).strip().splitlines() or [""])[0][:150]
         error = "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {first_line}"
@@ -202,7 +211,7 @@ def run_rung(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     torch._dynamo.reset()
-    return {"rung": rung.name, "micro_batch": rung.micro_batch or cfg.micro_batch, "error": error}
+    return {"rung": rung.name, "micro_batch": rung.micro_batch or cfg.micro_batch, "error": error, "settings": asdict(rung)}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 #
 #   PART     what it runs                                                   expected on one H100
 #   bench    bench.py, gpt2 preset (micro-batch 64 x 1024, the full recipe)  ~1.5 min
-#   ladder   bench.py --ladder: each optimisation on top of the previous     ~5 min
+#   ladder   bench.py --ladder: each optimisation on top of the previous     ~6 min
 #   evals    HellaSwag (all 10,042, random 124M, eager and compiled),         ~5-6 min
 #            generate.py --bench (KV cache eager and compiled, each against
 #            none; batch 1 and 32; each compiles its decode step, ~1 min)
@@ -225,10 +225,11 @@ part_bench() {
 }
 
 part_ladder() {
-    # 9 rungs at micro-batch 32, 25 steps each (5 of them warm-up). Eager: fp32 ~0.8 s/step (~20 s),
+    # 10 rungs at micro-batch 32, 25 steps each (5 of them warm-up). Eager: fp32 ~0.8 s/step (~20 s),
     # TF32, bf16 and flash a few seconds each. Compiled: ~40-70 s of compilation for each new graph
-    # (+ torch.compile, + vocab 50304, + cuDNN attention, + micro-batch 96; + fused AdamW reuses the
-    # graph before it from the inductor cache). About 5 minutes; bench.py refuses --ladder on CPU,
+    # (+ torch.compile, + vocab 50304, + cuDNN attention, + CUDA graphs, + micro-batch 96; + fused
+    # AdamW reuses the graph before it from the inductor cache). About 6 minutes, estimated, not yet
+    # timed on a GPU (the step's own timeout is 540 s); bench.py refuses --ladder on CPU,
     # so the CPU check only checks that refusal (after argparse has accepted every flag).
     local micro_batch=()
     [[ -z $LADDER_MICRO_BATCH ]] || micro_batch=(--micro-batch "$LADDER_MICRO_BATCH")

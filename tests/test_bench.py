@@ -27,11 +27,12 @@ def test_ladder_needs_cuda():
 
 
 def test_ladder_turns_on_one_feature_per_rung():
-    """Each rung differs from the one before it in exactly one setting, as the table claims."""
-    keys = ("tf32", "bf16", "attention", "compile", "fused_adamw", "pad_vocab")
-    for before, after in zip(bench.LADDER, bench.LADDER[1:]):
-        changed = [k for k in keys if getattr(before, k) != getattr(after, k)]
-        assert len(changed) == 1, (before.name, after.name, changed)
+    """Each step changes one setting, from the fp32 baseline to the full recipe plus CUDA graphs."""
+    rung = bench.BASELINE
+    for name, change in bench.LADDER_STEPS:
+        assert len(change) == 1 and getattr(rung, *change) != next(iter(change.values())), name
+        rung = replace(rung, **change)
+    assert replace(rung, name=bench.FULL.name, attention="default", compile_mode="default") == bench.FULL
 
 
 def test_every_ladder_rung_runs_its_steps():
@@ -39,7 +40,9 @@ def test_every_ladder_rung_runs_its_steps():
     rungs run eagerly here to keep the test fast, and the cuDNN backend, which a CPU lacks, fails
     in its own row instead of stopping the ladder."""
     cfg = bench.BenchConfig(model="tiny", micro_batch=2, seq_len=16, steps=2, warmup_steps=2)
-    for rung in bench.LADDER:
+    rung = bench.BASELINE
+    for name, change in [(rung.name, {})] + bench.LADDER_STEPS:
+        rung = replace(rung, name=name, **change)
         result = bench.run_rung(cfg, replace(rung, compile=False), torch.device("cpu"))
         if rung.attention == "cudnn":
             assert "error" in result
@@ -54,7 +57,7 @@ def test_a_failing_rung_is_reported_and_the_ladder_goes_on(tmp_path, capsys, mon
         if rung.name == "fp32 baseline":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
         return {"rung": rung.name, "micro_batch": rung.micro_batch or cfg.micro_batch, "step_ms": 100.0,
-                "tokens_per_s": 1e6, "mfu": 0.5, "reserved_gib": 10.0, "peak_rss_gib": 1.0, "attention": rung.attention}
+                "tokens_per_s": 1e6, "mfu": 0.5, "reserved_gib": 10.0, "peak_rss_gib": 1.0}
 
     monkeypatch.setattr(bench, "measure", fake_measure)
     monkeypatch.setattr(bench, "resolve_device", lambda name: torch.device("cuda"))
@@ -66,6 +69,11 @@ def test_a_failing_rung_is_reported_and_the_ladder_goes_on(tmp_path, capsys, mon
     assert "| fp32 baseline                | out of memory |" in printed
     assert "| + cuDNN attention            | RuntimeError: No available kernel. Aborting execution. |" in printed
     results = json.loads(out.read_text())["results"]
-    assert [r["rung"] for r in results] == [r.name for r in bench.LADDER] + ["+ micro-batch 96"]
-    # The larger batch builds on the last rung that ran (flash attention), not on the failed cuDNN one.
-    assert results[-1]["micro_batch"] == 96 and results[-1]["attention"] == "default"
+    assert [r["rung"] for r in results] == ["fp32 baseline"] + [name for name, _ in bench.LADDER_STEPS] + ["+ micro-batch 96"]
+    settings = {r["rung"]: r["settings"] for r in results}
+    # The baseline's out of memory says nothing about it: TF32 builds on it.
+    assert settings["+ TF32 matmuls"] == {**settings["fp32 baseline"], "name": "+ TF32 matmuls", "tf32": True}
+    # The failed cuDNN backend is left out of the rungs after it: they keep flash attention.
+    assert settings["+ CUDA graphs"]["attention"] == "default" and settings["+ CUDA graphs"]["compile_mode"] == "reduce-overhead"
+    assert results[-1]["micro_batch"] == 96 and settings["+ micro-batch 96"] == {
+        **settings["+ CUDA graphs"], "name": "+ micro-batch 96", "micro_batch": 96}
