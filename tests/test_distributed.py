@@ -42,19 +42,22 @@ def records(log_dir: Path) -> list[dict]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
-def losses(log_dir: Path) -> dict[int, float]:
-    """Train loss per step; a step run again after a restart replaces the earlier record."""
-    return {r["step"]: r["train_loss"] for r in train_gpt2.latest_per_step(records(log_dir), "train")}
+def losses(log_dir: Path) -> dict[int, tuple[float, float]]:
+    """Train loss and gradient norm per step (the norm is what shows a gradient scaled wrongly); a
+    step run again after a restart replaces the earlier record."""
+    return {r["step"]: (r["train_loss"], r["grad_norm"]) for r in train_gpt2.latest_per_step(records(log_dir), "train")}
 
 
 def headers(log_dir: Path) -> list[dict]:
     return [r for r in records(log_dir) if r["type"] == "header"]
 
 
-def assert_same_losses(got: dict[int, float], expected: dict[int, float]):
+def assert_same_losses(got: dict[int, tuple[float, float]], expected: dict[int, tuple[float, float]]):
     assert sorted(got) == sorted(expected), f"steps {sorted(got)} instead of {sorted(expected)}"
-    worst = max(abs(got[s] - expected[s]) for s in expected)
+    worst = max(abs(got[s][0] - expected[s][0]) for s in expected)
     assert worst <= 1e-5, f"losses differ by up to {worst}: {got} vs {expected}"
+    worst = max(abs(got[s][1] / expected[s][1] - 1) for s in expected)
+    assert worst <= 1e-4, f"gradient norms differ by up to {worst:.2e} (relative): {got} vs {expected}"
 
 
 def free_port() -> int:

@@ -4,13 +4,17 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 import torch
 
 import fineweb
+import hellaswag
 import train_gpt2
+from model import load_model
 from train_gpt2 import DataLoader, TrainConfig, TrainError, get_lr, make_plan
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,9 +47,25 @@ def tiny_args(data_dir, log_dir, *extra):
             "--no-hellaswag", "--sample-tokens", "4", "--log-every", "1", *extra]
 
 
-def train_losses(log_dir) -> dict[int, float]:
+def records_by_step(log_dir, record_type: str) -> dict[int, dict]:
     records = train_gpt2.read_metrics(log_dir / "metrics.jsonl")
-    return {r["step"]: r["train_loss"] for r in records if r["type"] == "train"}
+    return {r["step"]: r for r in records if r["type"] == record_type}
+
+
+def assert_same_run(expected_dir, got_dir, steps: int, tolerance: float):
+    """Same losses, gradient norms, learning rates and token counts step by step, and the same
+    validation losses: the gradient norm is what shows a gradient scaled wrongly (the logged loss
+    is a separate sum), val_loss a wrong average over ranks."""
+    expected, got = records_by_step(expected_dir, "train"), records_by_step(got_dir, "train")
+    assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+    for step, record in expected.items():
+        assert got[step]["train_loss"] == pytest.approx(record["train_loss"], abs=tolerance), step
+        assert got[step]["grad_norm"] == pytest.approx(record["grad_norm"], rel=10 * tolerance), step
+        assert (got[step]["lr"], got[step]["tokens_seen"]) == (record["lr"], record["tokens_seen"]), step
+    expected_evals, got_evals = records_by_step(expected_dir, "eval"), records_by_step(got_dir, "eval")
+    assert set(expected_evals) <= set(got_evals)
+    for step, record in expected_evals.items():
+        assert got_evals[step]["val_loss"] == pytest.approx(record["val_loss"], abs=tolerance), step
 
 
 # -----------------------------------------------------------------------------
@@ -62,6 +82,14 @@ def test_lr_schedule_warmup_and_cosine():
     assert get_lr(middle, cfg) == pytest.approx((6e-4 + 6e-5) / 2, rel=1e-3)
     lrs = [get_lr(s, cfg) for s in range(715, 19_073)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_lr_schedule_exact_on_a_short_run():
+    """Every step of a 12-step run against the closed form: warm-up (s + 1) / 2, then a cosine over
+    steps 2..11 that ends exactly at min_lr, with no jump at the last step."""
+    cfg = TrainConfig(max_steps=12, warmup_steps=2, max_lr=1.0, min_lr=0.1)
+    expected = [0.5, 1.0] + [0.1 + 0.45 * (1 + math.cos(math.pi * (s - 2) / 9)) for s in range(2, 12)]
+    assert [get_lr(s, cfg) for s in range(12)] == pytest.approx(expected, abs=1e-12)
 
 
 def test_presets_and_flags():
@@ -113,7 +141,22 @@ def test_loader_ranks_are_disjoint_and_cover_every_window_once(counting_dir):
     assert windows(ordered, 1) != windows(DataLoader(data_dir, "train", 8, 64, 0, 1, seed=5, shuffle=True), 1)
     assert single.epoch == 0
     next_epoch = windows(single, 1)
-    assert single.epoch == 1 and next_epoch[0] != seen[:8]
+    assert single.epoch == 1 and set(next_epoch[0]) != set(seen[:8])
+    # The shards are shuffled too, not only the windows inside them.
+    assert len(single.paths) >= 2
+    shard_orders = {tuple(DataLoader(data_dir, "train", 8, 64, 0, 1, seed=seed, shuffle=True)._order()[0]) for seed in range(8)}
+    assert len(shard_orders) > 1
+
+
+def test_loader_resumes_exactly_in_a_later_epoch(counting_dir):
+    a = DataLoader(counting_dir, "train", 8, 64, 0, 1, seed=3, shuffle=True)
+    for _ in range(a.total_windows // 8 + 3):  # into the second epoch
+        a.next_batch()
+    assert a.epoch == 1
+    b = DataLoader(counting_dir, "train", 8, 64, 0, 1, seed=3, shuffle=True)
+    b.load_state_dict(a.state_dict())
+    for _ in range(4):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
 
 
 def test_loader_state_dict_resumes_exactly(data_dir):
@@ -159,7 +202,7 @@ def test_smoke_run_learns_logs_and_checkpoints(data_dir, tmp_path):
     assert {"git_commit", "torch", "device", "model_config"} <= set(records[0])
     train = [r for r in records if r["type"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 31))
-    assert {"step", "train_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu"} <= set(train[0])
+    assert {"step", "train_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu", "tokens_seen"} <= set(train[0])
     first, last = train[0]["train_loss"], np.mean([r["train_loss"] for r in train[-5:]])
     assert abs(first - math.log(50257)) < 0.5 and last < first - 2.0
     evals = [r for r in records if r["type"] == "eval"]
@@ -182,12 +225,40 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert train_gpt2.main(tiny_args(data_dir, split, "--stop-at-step", "5")) == 0
     assert train_gpt2.latest_checkpoint(split).name == "ckpt_000005.pt"
     assert train_gpt2.main(tiny_args(data_dir, split, "--resume", "auto")) == 0
-    expected, resumed = train_losses(full), train_losses(split)
-    assert sorted(resumed) == list(range(1, 13))
-    assert max(abs(expected[s] - resumed[s]) for s in expected) <= 1e-6
+    assert_same_run(full, split, steps=12, tolerance=1e-6)
+    assert torch.load(split / "ckpt_000012.pt", weights_only=True)["tokens_seen"] == 12 * 256
     # The log was appended to, not wiped: two launches, two headers.
     headers = [r for r in train_gpt2.read_metrics(split / "metrics.jsonl") if r["type"] == "header"]
     assert [h["start_step"] for h in headers] == [0, 5]
+
+
+def test_hellaswag_in_training_scores_as_hellaswag_py_does(data_dir, tmp_path):
+    words = "the a cat dog sat ran on under mat tree quickly slowly red blue".split()
+    rng = np.random.default_rng(0)
+    examples = [{"ind": i, "ctx": " ".join(rng.choice(words, 6)).capitalize(), "label": int(rng.integers(4)),
+                 "endings": [" ".join(rng.choice(words, rng.integers(1, 8))) + "." for _ in range(4)]} for i in range(24)]
+    data = tmp_path / "hellaswag.jsonl"
+    data.write_text("".join(json.dumps(example) + "\n" for example in examples))
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--hellaswag", "--hellaswag-data", str(data), "--stop-at-step", "6")) == 0
+    record = records_by_step(log_dir, "eval")[6]
+    expected = hellaswag.evaluate(load_model(log_dir / "ckpt_000006.pt"), list(hellaswag.iterate_examples(data)), "cpu")
+    assert expected.acc != expected.acc_norm  # so that the two cannot be swapped unnoticed
+    assert (record["hellaswag_acc"], record["hellaswag_acc_norm"], record["hellaswag_n"]) == (expected.acc, expected.acc_norm, 24)
+
+
+def test_hellaswag_that_cannot_be_downloaded_skips_with_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    def offline(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(hellaswag, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--hellaswag", "--stop-at-step", "1")) == 0
+    printed = capsys.readouterr()
+    assert printed.err.count("hellaswag: download failed") == 1 and "Name or service not known" in printed.err
+    assert f"hellaswag: skipped, {tmp_path / 'cache' / 'hellaswag_val.jsonl'} is not there" in printed.out
+    assert records_by_step(log_dir, "eval")[0]["hellaswag_acc_norm"] is None
 
 
 def test_fresh_run_refuses_a_log_dir_with_checkpoints(data_dir, tmp_path, capsys):
@@ -206,7 +277,7 @@ def test_resume_with_another_model_config_is_refused(data_dir, tmp_path, capsys)
     assert "pass the flags it was trained with" in capsys.readouterr().err
 
 
-def test_interrupted_save_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+def test_interrupted_save_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
     log_dir = tmp_path / "log"
     assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "6")) == 0
     good = (log_dir / "ckpt_000006.pt").read_bytes()
@@ -223,7 +294,10 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(data_dir, tmp_path, mon
     monkeypatch.undo()
     assert [p.name for p in train_gpt2.list_checkpoints(log_dir)] == ["ckpt_000006.pt"]
     assert (log_dir / "ckpt_000006.pt").read_bytes() == good
+    assert (log_dir / "ckpt_000012.pt.tmp").exists()  # the half-written file, under its temporary name
     assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto")) == 0  # and it still resumes
+    assert f"removed {log_dir / 'ckpt_000012.pt.tmp'}" in capsys.readouterr().out
+    assert not list(log_dir.glob("*.tmp"))
 
 
 def test_non_finite_loss_stops_without_saving(data_dir, tmp_path, monkeypatch, capsys):
@@ -256,6 +330,32 @@ def test_non_finite_loss_stops_without_saving(data_dir, tmp_path, monkeypatch, c
     assert not (log_dir / train_gpt2.NONFINITE_FILE).exists()
 
 
+def test_non_finite_gradient_with_a_finite_loss_stops_too(data_dir, tmp_path, monkeypatch, capsys):
+    class InfiniteGradient(torch.autograd.Function):
+        """The loss unchanged, its gradient infinite: only the gradient norm shows the failure."""
+
+        @staticmethod
+        def forward(ctx, loss):
+            return loss.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("inf")
+
+    real_forward = train_gpt2.GPT.forward
+
+    def infinite_gradient(self, idx, targets=None, *args, **kwargs):
+        logits, loss = real_forward(self, idx, targets, *args, **kwargs)
+        return logits, (InfiniteGradient.apply(loss) if loss is not None and self.training else loss)
+
+    monkeypatch.setattr(train_gpt2.GPT, "forward", infinite_gradient)
+    log_dir = tmp_path / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir)) == 2
+    error = capsys.readouterr().err
+    assert "step 1: the loss is " in error and "the loss is nan" not in error and "and the gradient norm nan" in error
+    assert train_gpt2.list_checkpoints(log_dir) == []
+
+
 def test_resume_auto_passes_over_a_truncated_checkpoint(data_dir, tmp_path, capsys):
     log_dir = tmp_path / "log"
     assert train_gpt2.main(tiny_args(data_dir, log_dir, "--stop-at-step", "9", "--save-every", "3")) == 0
@@ -280,19 +380,22 @@ def test_resume_from_an_older_checkpoint_refuses_newer_ones_beside_it(data_dir, 
 
 
 def test_a_repeated_sigterm_is_ignored_a_second_ctrl_c_is_not():
+    # raise_signal runs the handler in this thread before it returns (os.kill may be delivered to
+    # another of the process's threads, and the handler run later).
     with train_gpt2.StopSignals(announce=False) as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGTERM)  # the same preemption, delivered again
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # the same preemption, delivered again
         assert stop.received == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
 
 
 def test_ddp_two_processes_match_one_with_accumulation(data_dir, tmp_path):
     """torchrun with 2 gloo processes, micro-batch 4 each, equals 1 process accumulating 2 micro-batches."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     common = ["--max-steps", "6", "--eval-every", "6", "--save-every", "6"]
-    assert train_gpt2.main(tiny_args(data_dir, single, *common)) == 0
+    # --val-steps counts micro-batches per rank: 4 in one process read the 2 x 2 of two ranks.
+    assert train_gpt2.main(tiny_args(data_dir, single, *common, "--val-steps", "4")) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(REPO_ROOT, "train_gpt2.py"), *tiny_args(data_dir, ddp, *common)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -300,9 +403,8 @@ def test_ddp_two_processes_match_one_with_accumulation(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     header = train_gpt2.read_metrics(ddp / "metrics.jsonl")[0]
     assert header["world_size"] == 2 and header["grad_accum_steps"] == 1
-    expected, got = train_losses(single), train_losses(ddp)
-    assert sorted(got) == list(range(1, 7))
-    assert max(abs(expected[s] - got[s]) for s in expected) <= 1e-5
+    assert train_gpt2.read_metrics(single / "metrics.jsonl")[0]["grad_accum_steps"] == 2
+    assert_same_run(single, ddp, steps=6, tolerance=1e-5)
 
 
 def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
