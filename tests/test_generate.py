@@ -188,6 +188,27 @@ def test_sampling_flags_reach_the_config():
     assert (generate.parse_args([]).compile, generate.parse_args(["--compile"]).compile) == (None, True)
 
 
+def test_sampling_flags_reach_the_sampler(tmp_path, capsys):
+    m = tiny_model()
+    with torch.no_grad():  # logits 5x as spread out (std 0.8, not 0.16): each setting below changes the tokens
+        m.transformer.ln_f.weight.mul_(5)
+        m.transformer.ln_f.bias.mul_(5)
+    settings = dict(temperature=0.5, top_k=20, top_p=0.5)
+    texts, _, _ = run(capsys, "-m", save_checkpoint(m, tmp_path / "sharp.pt"), "--prompt", "The", "--num-samples", "2",
+                      "--max-new-tokens", "4", "--no-stop", "--seed", "3", "-d", "cpu", "--temperature", "0.5", "--top-k", "20", "--top-p", "0.5")
+
+    def direct(**overrides) -> list[list[str]]:
+        """The texts of the model's own generate with these settings and generate.py's seed."""
+        rows = m.generate(torch.tensor([get_tokenizer().encode("The")] * 2), 4, generator=torch.Generator().manual_seed(3),
+                          **{**settings, **overrides})
+        return [["The" + generate.decode_completion(row, stop=False) for row in rows[:, 1:].tolist()]]
+
+    assert texts == direct()
+    # Each setting changes the text, so a flag that did not reach the sampler would be caught.
+    for name, ignored in (("temperature", 1.0), ("top_k", None), ("top_k", generate.GenerateConfig.top_k), ("top_p", None)):
+        assert direct(**{name: ignored}) != texts, f"{name}={ignored} gives the same text"
+
+
 @pytest.fixture
 def aot_eager_compile(monkeypatch):
     """torch.compile with the aot_eager backend: inductor takes minutes on a CPU, aot_eager seconds."""

@@ -104,8 +104,12 @@ def assert_matches_reference(predictions, reference):
 def test_batched_scoring_matches_one_example_at_a_time():
     model = tiny_model()
     examples = synthetic_examples(9)
-    rows, _ = hellaswag.render_examples(examples, get_tokenizer())
+    # An ending longer than the context window fills its whole row, so the row's first token (which
+    # nothing predicts) is the one ending token that is not scored.
+    examples[4]["endings"][1] = " ".join(WORDS[i % len(WORDS)] for i in range(80)) + "."
+    rows, num_ending_tokens = hellaswag.render_examples(examples, get_tokenizer())
     assert len(set(map(len, rows))) > 10 and max(map(len, rows)) > BLOCK_SIZE  # padding and truncation both matter
+    assert num_ending_tokens[4 * 4 + 1] > BLOCK_SIZE and sum(n >= BLOCK_SIZE for n in num_ending_tokens) == 1
     reference = reference_scores(model, examples)
     model.train()  # evaluate switches to eval mode and back
     result = hellaswag.evaluate(model, examples, "cpu", batch_tokens=200)  # a few rows per forward pass
@@ -314,16 +318,17 @@ def test_bad_input_names_file_and_line(tmp_path, checkpoint, bad_line, message):
         hellaswag.main(["-m", str(checkpoint), "--data", str(data), "-d", "cpu"])
 
 
-def test_missing_data_file_and_bad_flags(tmp_path, checkpoint):
+def test_missing_data_file_and_bad_flags(tmp_path, checkpoint, capsys):
     with pytest.raises(SystemExit, match=r"--data .*nope\.jsonl: no such file"):
         hellaswag.main(["-m", str(checkpoint), "--data", str(tmp_path / "nope.jsonl"), "-d", "cpu"])
     data = write_jsonl(tmp_path / "val.jsonl", synthetic_examples(1))
     with pytest.raises(SystemExit, match=r"--model .*missing\.pt: could not load it"):
         hellaswag.main(["-m", str(tmp_path / "missing.pt"), "--data", str(data), "-d", "cpu"])
-    with pytest.raises(SystemExit):
-        hellaswag.parse_args(["--limit", "0"])
-    with pytest.raises(SystemExit):
-        hellaswag.parse_args(["--batch-tokens", "0"])
+    for flag in ("--limit", "--batch-tokens"):
+        with pytest.raises(SystemExit) as excinfo:
+            hellaswag.parse_args([flag, "0"])
+        assert excinfo.value.code == 2
+        assert f"error: argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_download_once_to_a_temporary_name(tmp_path, monkeypatch):

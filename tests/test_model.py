@@ -229,24 +229,62 @@ def test_generate_stops_at_stop_token(monkeypatch):
 
 
 def test_sampling_filters():
-    logits = torch.tensor([[4.0, 3.0, 2.0, -1.0]])
+    # Unsorted logits, so that a filter computed in sorted order must be mapped back to token ids.
+    # p = softmax: id 2 0.662, id 3 0.244, id 0 0.090, id 1 0.004.
+    logits = torch.tensor([[2.0, -1.0, 4.0, 3.0]])
     g = torch.Generator().manual_seed(0)
-    draws = {model.sample_next_token(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
-    assert draws == {0, 1}
-    # p(0) = 0.66, p(1) = 0.24: top_p=0.8 keeps both, top_p=0.5 keeps only the first.
-    draws = {model.sample_next_token(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(100)}
-    assert draws == {0}
-    draws = {model.sample_next_token(logits, 1.0, top_p=0.8, generator=g).item() for _ in range(200)}
-    assert draws == {0, 1}
-    assert model.sample_next_token(logits, 0).item() == 0
+
+    def draws(temperature=1.0, n=300, **filters):
+        return {model.sample_next_token(logits, temperature, generator=g, **filters).item() for _ in range(n)}
+
+    assert draws(top_k=2) == {2, 3}
+    # top_p keeps the most likely tokens until their probability reaches it (the one that crosses included).
+    assert draws(top_p=0.5) == {2}
+    assert draws(top_p=0.8) == {2, 3}
+    assert draws(top_p=0.95) == {0, 2, 3}
+    assert draws(top_k=2, top_p=0.95) == {2, 3}
+    # The temperature applies before top_p: at 0.5, p(2) = 0.867 alone reaches 0.8; at 2, p = 0.486,
+    # 0.295, 0.179 for ids 2, 3, 0 and ids 2 and 3 (0.781) do not.
+    assert draws(0.5, top_p=0.8) == {2}
+    assert draws(2.0, top_p=0.8) == {0, 2, 3}
+    assert model.sample_next_token(logits, 0).item() == 2
 
 
-def test_sampling_draws_as_multinomial_does():
-    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 3
+def reference_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """The distribution a token is drawn from, computed apart from model.py, row by row in plain
+    Python: softmax(logits / temperature) over the top_k most likely tokens, then over the fewest
+    of those whose probability reaches top_p; the others get 0."""
+    probs = []
+    for row in logits.double().tolist():
+        scaled = [x / temperature for x in row]
+        kept = sorted(range(len(row)), key=lambda i: -scaled[i])[:top_k]  # [:None] keeps all
+        weights = {i: math.exp(scaled[i] - max(scaled)) for i in kept}
+        total = sum(weights.values())
+        if top_p is not None:
+            nucleus, mass = [], 0.0
+            for i in kept:
+                if mass >= top_p:
+                    break
+                nucleus.append(i)
+                mass += weights[i] / total
+            kept = nucleus
+        kept = set(kept)
+        total = sum(weights[i] for i in kept)
+        probs.append([weights[i] / total if i in kept else 0.0 for i in range(len(row))])
+    return torch.tensor(probs, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.5, None, None), (2.0, None, None), (0.7, 50, None),
+                                                        (1.0, None, 0.9), (0.8, None, 0.95), (1.5, 20, 0.8)])
+def test_sampling_draws_as_multinomial_does(temperature, top_k, top_p):
+    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 3  # unsorted
+    probs = reference_probs(logits, temperature, top_k, top_p)
+    kept = (probs > 0).sum(dim=-1)
+    assert kept.min() >= 2 and (top_k is None or top_p is None or kept.max() < top_k)  # each filter has a choice to make
     ours, theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     for _ in range(20):
-        token = model.sample_next_token(logits, 1.0, generator=ours)
-        assert torch.equal(token, torch.multinomial(logits.softmax(dim=-1), 1, generator=theirs).squeeze(-1))
+        token = model.sample_next_token(logits, temperature, top_k=top_k, top_p=top_p, generator=ours)
+        assert torch.equal(token, torch.multinomial(probs, 1, generator=theirs).squeeze(-1))
 
 
 @pytest.mark.parametrize(

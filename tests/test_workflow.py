@@ -1,19 +1,25 @@
-"""workflow.txt, the runbook for an 8-GPU node: every python and torchrun command in it names a
-script that exists, with flags (and values) that the script's argument parser accepts."""
+"""workflow.txt, the runbook for an 8-GPU node, README.md's commands and results/gpu_suite.sh's:
+every python and torchrun command in them names a script that exists, with flags (and values) that
+the script's argument parser accepts."""
 
 import importlib
+import os
 import re
 import shlex
+import shutil
+import subprocess
 
 import pytest
 from conftest import REPO_ROOT
 
 WORKFLOW = REPO_ROOT / "workflow.txt"
+README = REPO_ROOT / "README.md"
+GPU_SUITE = REPO_ROOT / "results" / "gpu_suite.sh"
 STAGES = {"fineweb.py", "train_gpt2.py", "hellaswag.py", "generate.py", "upload_hf.py"}
 
 
 def command_lines(text: str) -> list[str]:
-    """The runbook's commands: its lines indented by four spaces (prose is not indented)."""
+    """The commands of the runbook or README.md: their lines indented by four spaces (prose is not indented)."""
     return [line.strip() for line in text.splitlines() if line.startswith("    ") and line.strip()]
 
 
@@ -51,6 +57,7 @@ def script_invocations(text: str) -> list[tuple[str, list[str], list[str], str]]
 
 TEXT = WORKFLOW.read_text() if WORKFLOW.is_file() else ""
 INVOCATIONS = script_invocations(TEXT)
+README_INVOCATIONS = script_invocations(README.read_text())
 
 
 def test_workflow_covers_every_stage():
@@ -77,8 +84,8 @@ def flags(args: list[str]) -> list[str]:
     return [arg.split("=")[0] for arg in args if arg.startswith("-") and not re.fullmatch(r"-[\d.]+", arg)]
 
 
-@pytest.mark.parametrize("script, args, torchrun, line", INVOCATIONS, ids=[line for *_, line in INVOCATIONS])
-def test_command_is_accepted_by_the_scripts_parser(script, args, torchrun, line, capsys):
+def assert_accepted(script: str, args: list[str], torchrun: list[str] | None, line: str, capsys):
+    """The script exists, and its parser (torchrun's too) accepts these flags and values."""
     path = REPO_ROOT / script
     assert path.is_file(), f"{line}: {script} does not exist"
     if torchrun is not None:
@@ -101,6 +108,57 @@ def test_command_is_accepted_by_the_scripts_parser(script, args, torchrun, line,
         parse(args)  # values too: choices, types, required flags
     except SystemExit:
         pytest.fail(f"{line}: {script} rejects these arguments: {capsys.readouterr().err.strip()}")
+
+
+@pytest.mark.parametrize(
+    "script, args, torchrun, line",
+    [pytest.param(*invocation, id=f"workflow.txt: {invocation[-1]}") for invocation in INVOCATIONS]
+    + [pytest.param(*invocation, id=f"README.md: {invocation[-1]}") for invocation in README_INVOCATIONS],
+)
+def test_command_is_accepted_by_the_scripts_parser(script, args, torchrun, line, capsys):
+    assert_accepted(script, args, torchrun, line, capsys)
+
+
+def test_readme_commands_cover_every_stage():
+    assert {script for script, *_ in README_INVOCATIONS} >= STAGES | {"train_tokenizer.py"}
+    assert any(torchrun is not None for _, _, torchrun, _ in README_INVOCATIONS)
+    # The smoke run is one line of three commands joined by &&: each is checked.
+    smoke = [(script, args) for script, args, _, line in README_INVOCATIONS if "--preset smoke --stop-at-step" in line]
+    assert [script for script, _ in smoke] == ["fineweb.py", "train_gpt2.py", "train_gpt2.py"]
+    assert smoke[-1][1][-2:] == ["--resume", "auto"]
+
+
+RECORDING_STUB = """#!/usr/bin/env bash
+# Stands in for python, torchrun and nvidia-smi: appends its command line, shell-quoted, to $GPU_SUITE_RECORD.
+printf '%q ' "${0##*/}" "$@" >>"$GPU_SUITE_RECORD"
+echo >>"$GPU_SUITE_RECORD"
+"""
+
+
+@pytest.mark.parametrize("cpu_check", ["", "1"], ids=["gpu", "cpu-check"])
+def test_gpu_suite_commands_are_accepted_by_the_scripts_parsers(tmp_path, capsys, cpu_check):
+    """gpu_suite.sh's command lines are built from shell variables and arrays, which only bash
+    expands: run the whole script (every part) with python, torchrun and nvidia-smi replaced by a
+    stub that records its arguments, then check each recorded python and torchrun command."""
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("gpu_suite.sh needs bash and coreutils' timeout")
+    stubs, record = tmp_path / "bin", tmp_path / "commands.txt"
+    stubs.mkdir()
+    for name in ("python", "torchrun", "nvidia-smi"):  # a torchrun beside PYTHON: the script calls it, not python -m
+        (stubs / name).write_text(RECORDING_STUB)
+        (stubs / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_SUITE_")}
+    env.update(PATH=f"{stubs}{os.pathsep}{env.get('PATH', '')}", PYTHON=str(stubs / "python"), GPU_SUITE_RECORD=str(record),
+               GPU_SUITE_CPU_CHECK=cpu_check, GPU_SUITE_WORK=str(tmp_path / "work"), GPU_SUITE_PYSITE=str(tmp_path / "no_site"))
+    proc = subprocess.run(["bash", str(GPU_SUITE), "bench,ladder,evals,train", str(tmp_path / "out")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    invocations = script_invocations("".join(f"    {line}\n" for line in record.read_text().splitlines()))
+    assert {script for script, *_ in invocations} >= {"bench.py", "hellaswag.py", "generate.py", "fineweb.py", "train_gpt2.py"}
+    assert sum(torchrun is not None for _, _, torchrun, _ in invocations) >= 3  # train, resume, FSDP
+    assert ("--device", "cpu" if cpu_check else "cuda") in {tuple(args[i : i + 2]) for _, args, _, _ in invocations for i in range(len(args))}
+    for invocation in invocations:
+        assert_accepted(*invocation, capsys)
 
 
 def test_final_checkpoint_name_matches_the_gpt2_preset():
