@@ -72,6 +72,8 @@ TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca5
 # Text per worker task: large enough that pickling and IPC cost little next to BPE (~1 MB is
 # ~250 FineWeb documents), small enough to balance the load and keep the progress bar moving.
 CHUNK_CHARS = 1 << 20
+# Tokenizing flags, which --from-hub (it downloads shards made already) refuses rather than ignores.
+FROM_HUB_UNUSED = ("--max-tokens", "--val-tokens", "--shard-size", "--text-field", "--workers")
 # --bench without --max-tokens: the whole standard library (~15M tokens), but not all of FineWeb-Edu.
 BENCH_MAX_TOKENS = 20_000_000
 
@@ -189,6 +191,11 @@ def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
 # stands (position()) and start from there, so that resuming does not read the corpus again
 
 
+def _one_line(error: BaseException) -> str:
+    """A library's error message, which may span lines, as one line."""
+    return " ".join(str(error).split())
+
+
 def _decode(data: bytes) -> tuple[str, int]:
     try:
         return data.decode("utf-8"), 0
@@ -204,8 +211,16 @@ def _iter_table_file(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
     if path.stat().st_size == 0:  # datasets' json builder fails on an empty file, which holds no rows
         return
     builder = "parquet" if path.suffix == ".parquet" else "json"
+    if "::" in str(path):  # fsspec, which datasets reads through, takes "::" for a chain of URLs
+        raise ShardError(f"{path}: datasets cannot read a file whose path holds '::': rename it")
     try:
-        rows = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True)
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets fails on it; it holds no rows, like an empty .jsonl
+                return
+        # data_files is a glob pattern: escaped, it is this one file even if its name holds [ ] * or ?.
+        rows = datasets.load_dataset(builder, data_files=glob.escape(str(path)), split="train", streaming=True)
         for index, row in enumerate(rows):
             if not isinstance(row.get(text_field), str):
                 problem = f"has no field {text_field!r}" if text_field not in row else f"has a non-string {text_field!r}"
@@ -274,6 +289,7 @@ class FinewebEduDocuments:
 
     def _read(self) -> Iterator[tuple[str, int]]:
         import datasets
+        from huggingface_hub.utils import httpx  # huggingface_hub's HTTP library, whose errors it raises unchanged
 
         try:
             # Streaming reads the parquet files as it goes, instead of a ~40 GB download and cache.
@@ -283,10 +299,11 @@ class FinewebEduDocuments:
             self.rows = rows
             for row in rows:
                 yield row["text"], 0
-        except ConnectionError as error:
+        except (OSError, httpx.HTTPError) as error:  # OSError: ConnectionError, and the hub's HfHubHTTPError
             raise ShardError(
-                f"cannot stream {FINEWEB_EDU_REPO} from the Hugging Face Hub ({error}): check the network and rerun "
-                "the same command (it resumes), or use --dataset pystdlib or --input for an offline run"
+                f"cannot stream {FINEWEB_EDU_REPO} from the Hugging Face Hub ({type(error).__name__}: {_one_line(error)}): "
+                "check the network and rerun the same command (it resumes), or use --dataset pystdlib or --input for an "
+                "offline run"
             ) from error
 
 
@@ -302,8 +319,15 @@ def stdlib_files() -> list[Path]:
 
 def download_tinyshakespeare(path: Path) -> None:
     """Downloads Tiny Shakespeare to `path` unless it is already there, checking its sha256."""
-    if path.is_file() and file_sha256(path) == TINYSHAKESPEARE_SHA256:
-        return
+    if path.is_file():
+        digest = file_sha256(path)
+        if digest == TINYSHAKESPEARE_SHA256:
+            return
+        # Never replaced: it may be the user's own edit (or a copy with CRLF line endings).
+        raise ShardError(
+            f"{path} is not Tiny Shakespeare as published (sha256 {digest}, expected {TINYSHAKESPEARE_SHA256}): "
+            f"delete it to download it again, or read your copy with --input {path} instead of --dataset tinyshakespeare"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=60) as response:
@@ -313,20 +337,34 @@ def download_tinyshakespeare(path: Path) -> None:
     digest = hashlib.sha256(data).hexdigest()
     if digest != TINYSHAKESPEARE_SHA256:
         raise ShardError(f"{TINYSHAKESPEARE_URL} has sha256 {digest}, not {TINYSHAKESPEARE_SHA256}: download it again")
-    write_atomic(path, lambda file: file.write(data))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write_atomic(path, lambda file: file.write(data), tmp)
+    except OSError as error:
+        raise ShardError(f"cannot write {path} ({error}): fix that and rerun") from error
+    finally:
+        tmp.unlink(missing_ok=True)  # what a failed write left; after a success it is already renamed
 
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """--input arguments (files, folders or glob patterns) as absolute file paths, each group sorted."""
+def expand_inputs(patterns: list[str], out_dir: Path | None = None) -> list[Path]:
+    """--input arguments (files, folders or glob patterns) as absolute file paths, each group sorted.
+
+    A folder's files inside out_dir are left out: the run's own meta.json (and its .from_hub download)
+    would otherwise become inputs of the next run, which then no longer matches the folder it resumes."""
     files = []
+    skip = out_dir.resolve() if out_dir is not None else None
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in INPUT_SUFFIXES)
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in INPUT_SUFFIXES
+                             and not (skip is not None and p.resolve().is_relative_to(skip)))
         else:
             matches = [path] if path.is_file() else sorted(Path(p) for p in glob.glob(pattern, recursive=True))
         if not matches:
-            raise ShardError(f"--input {pattern}: no such file, no {'/'.join(INPUT_SUFFIXES)} file in it, and no match as a glob")
+            outside = f" outside --out {out_dir}" if skip is not None and path.is_dir() else ""
+            raise ShardError(
+                f"--input {pattern}: no such file, no {'/'.join(INPUT_SUFFIXES)} file in it{outside}, and no match as a glob"
+            )
         for match in matches:
             if not match.is_file() or match.suffix not in INPUT_SUFFIXES:
                 raise ShardError(
@@ -533,7 +571,8 @@ class Plan:
     tokenizer: str | None  # absolute path of a tokenizer.json; None: GPT-2's
 
 
-def make_plan(config: FinewebConfig) -> Plan:
+def make_plan(config: FinewebConfig, exclude_out_dir: bool = True) -> Plan:
+    """exclude_out_dir: leave the output folder out of --input folders (train_tokenizer.py has no such folder)."""
     dataset = "custom" if config.input else config.dataset or "fineweb-edu"
     name, default_out, default_val_tokens = SOURCES[dataset]
     val_tokens = config.val_tokens
@@ -543,7 +582,7 @@ def make_plan(config: FinewebConfig) -> Plan:
             val_tokens = max(1, min(val_tokens, config.max_tokens // 10))
     out_dir = Path(config.out or default_out)
     if dataset == "custom":
-        files = expand_inputs(config.input)
+        files = expand_inputs(config.input, out_dir if exclude_out_dir else None)
         source = {"dataset": dataset, "inputs": [str(path) for path in files], "text_field": config.text_field}
         documents = functools.partial(FileDocuments, files, config.text_field)
     elif dataset == "pystdlib":
@@ -650,37 +689,70 @@ def tokenize_to_shards(plan: Plan, meta: dict, workers: int) -> dict:
         raise ShardError(f"empty corpus: {plan.source} holds no documents")
     train_tokens = meta["split_tokens"]["train"]
     if train_tokens == 0:
-        raise ShardError(
-            f"the corpus has only {meta['total_tokens']:,} tokens, all in the val split (--val-tokens "
-            f"{plan.val_tokens:,}): rerun with --overwrite and a smaller --val-tokens, e.g. {meta['total_tokens'] // 10}"
-        )
+        total = meta["total_tokens"]
+        # --max-tokens cannot be the limit here: run() keeps --val-tokens below it.
+        fix = (f"rerun with --overwrite and a smaller --val-tokens, e.g. {max(1, total // 10)}" if total >= 2
+               else "a val and a train split need at least 2 tokens: add text")
+        raise ShardError(f"the corpus has only {total:,} tokens, all in the val split (--val-tokens {plan.val_tokens:,}): {fix}")
     meta["complete"] = True
     write_meta(plan.out_dir, meta)
     return meta
 
 
 def download_from_hub(repo_id: str, out_dir: Path, overwrite: bool, encoding, tokenizer: str | None) -> None:
-    """Ready-made shards of a Hub dataset repository, checked like local ones and against the tokenizer."""
-    from huggingface_hub import snapshot_download
+    """Ready-made shards of a Hub dataset repository, checked like local ones and against the tokenizer.
+    With overwrite, the folder's old shards are deleted only once the new ones are downloaded and checked."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import filter_repo_objects, httpx, validate_repo_id
 
-    # Downloading beside the output means an interrupted download is resumed and never mistaken for shards.
-    staging = out_dir / ".from_hub"
-    if overwrite:
-        _remove_outputs(out_dir)
-        shutil.rmtree(staging, ignore_errors=True)
-    if (out_dir / "meta.json").exists():
-        old = read_meta(out_dir)
-        if old.get("from_hub") != repo_id:
-            raise ShardError(f"{out_dir} holds shards of another run: pass --overwrite to replace them, or choose another --out")
-        _check_shards(out_dir, old["shards"])
-        print(f"{out_dir} already holds {repo_id} ({old['total_tokens']:,} tokens)")
-        return
-    snapshot_download(repo_id, repo_type="dataset", local_dir=staging, allow_patterns=["meta.json", "*_train_*.npy", "*_val_*.npy"])
-    found = {path.name: path for path in staging.rglob("*.npy") if SHARD_RE.match(path.name)}
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ShardError(f"--from-hub {repo_id} is not a Hub repository id ({_one_line(error)}): pass USER/NAME") from error
+    if not overwrite:
+        if (out_dir / "meta.json").exists():
+            old = read_meta(out_dir)
+            if old.get("from_hub") != repo_id:
+                raise ShardError(f"{out_dir} holds shards of another run: pass --overwrite to replace them, or choose another --out")
+            _check_shards(out_dir, old["shards"])
+            print(f"{out_dir} already holds {repo_id} ({old['total_tokens']:,} tokens)")
+            return
+        if out_dir.is_dir() and any(SHARD_RE.match(path.name) for path in out_dir.iterdir()):
+            raise ShardError(f"{out_dir} holds shards but no meta.json: pass --overwrite to replace them, or choose another --out")
+    staging, staging_repo = out_dir / ".from_hub", out_dir / ".from_hub" / ".repo_id"
+    patterns = ["meta.json", "*_train_*.npy", "*_val_*.npy"]
+    try:
+        # Listed first, then downloaded at that commit: when the Hub cannot be reached, snapshot_download
+        # returns what its folder holds (an interrupted download) without an error.
+        info = HfApi().repo_info(repo_id, repo_type="dataset")
+        files = list(filter_repo_objects([sibling.rfilename for sibling in info.siblings], allow_patterns=patterns))
+        # Downloading beside the output means an interrupted download is resumed and never mistaken for shards.
+        # The folder records the repository it holds; for another one (or with --overwrite) it starts afresh.
+        if staging.exists() and (overwrite or not staging_repo.is_file() or staging_repo.read_text() != repo_id):
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        staging_repo.write_text(repo_id)
+        snapshot_download(repo_id, repo_type="dataset", revision=info.sha, local_dir=staging, allow_patterns=patterns)
+    except RepositoryNotFoundError as error:  # also a gated repository not granted to this account
+        raise ShardError(
+            f"--from-hub {repo_id}: the Hub has no dataset repository of that name that you may read "
+            f"({_one_line(error)}): check the name; a private or gated one needs `hf auth login` or HF_TOKEN"
+        ) from error
+    except (httpx.HTTPError, OSError) as error:  # no connection, HF_HUB_OFFLINE=1, an HTTP error, a full disk
+        raise ShardError(
+            f"cannot download {repo_id} from the Hugging Face Hub ({type(error).__name__}: {_one_line(error)}): "
+            f"{out_dir} is unchanged; fix the cause (check the network) and rerun the same command, which continues the download"
+        ) from error
+    missing = [file for file in files if not (staging / file).is_file()]
+    if missing:
+        raise ShardError(f"the download of {repo_id} is incomplete ({len(missing)} files missing, e.g. {missing[0]}): "
+                         f"{out_dir} is unchanged; rerun the same command, which continues the download")
+    found = {Path(file).name: staging / file for file in files if SHARD_RE.match(Path(file).name)}
     hint = f"{repo_id} or its download is damaged: rerun with --overwrite to download it again"
     record = tokenizer_record(encoding, tokenizer)
     label = "GPT-2" if tokenizer is None else f"--tokenizer {tokenizer}"
-    if (staging / "meta.json").is_file():
+    if "meta.json" in files:
         meta = read_meta(staging)
         if not meta["complete"]:
             raise ShardError(f"{repo_id}'s meta.json records an unfinished run: ask its owner to finish the upload")
@@ -709,6 +781,9 @@ def download_from_hub(repo_id: str, out_dir: Path, overwrite: bool, encoding, to
         raise ShardError(f"{repo_id} holds no shards of one split (files *_train_*.npy and *_val_*.npy are both needed)")
     for record in meta["shards"]:
         _check_shards(found[record["file"]].parent, [record], hint)
+    if overwrite:  # only now, with the replacement complete and checked
+        _remove_outputs(out_dir)
+    for record in meta["shards"]:
         os.replace(found[record["file"]], out_dir / record["file"])
     meta.update(from_hub=repo_id, command=f"python fineweb.py --from-hub {repo_id} --out {out_dir}", complete=True)
     write_meta(out_dir, meta)  # last, so the folder only counts as done once every shard is in place
@@ -782,11 +857,11 @@ def bench(plan: Plan, fresh: dict, workers: int, repeats: int) -> None:
 def run(config: FinewebConfig) -> None:
     if config.bench and config.max_tokens is None:
         config = replace(config, max_tokens=BENCH_MAX_TOKENS)
-    for flag, value in (("--workers", config.workers), ("--shard-size", config.shard_size),
-                        ("--val-tokens", config.val_tokens), ("--max-tokens", config.max_tokens),
-                        ("--bench-repeats", config.bench_repeats)):
-        if value is not None and value < 1:
-            raise ShardError(f"{flag} must be at least 1, not {value}")
+    for flag, value, least in (("--workers", config.workers, 1), ("--shard-size", config.shard_size, 1),
+                               ("--val-tokens", config.val_tokens, 1), ("--bench-repeats", config.bench_repeats, 1),
+                               ("--max-tokens", config.max_tokens, 2)):  # 2: a val token and a train token
+        if value is not None and value < least:
+            raise ShardError(f"{flag} must be at least {least}, not {value}")
     if sum(map(bool, (config.dataset, config.input, config.from_hub))) > 1:
         raise ShardError("pass only one of --dataset, --input and --from-hub")
     if config.val_tokens is not None and config.max_tokens is not None and config.val_tokens >= config.max_tokens:
@@ -831,30 +906,42 @@ def parse_args(argv: list[str] | None = None) -> FinewebConfig:
     )
     parser.add_argument("--dataset", choices=[d for d in SOURCES if d != "custom"], help="named corpus (default: fineweb-edu)")
     parser.add_argument("--input", nargs="+", default=defaults.input, metavar="PATH_OR_GLOB",
-                        help="local corpus: .txt files (one document each), .jsonl/.json/.parquet (one per row), or folders of them")
-    parser.add_argument("--text-field", default=defaults.text_field, help="column holding the text in .jsonl/.json/.parquet inputs")
+                        help="local corpus: .txt files (one document each), .jsonl/.json/.parquet (one per row), or folders "
+                             "of them (a folder's files inside --out are left out)")
+    # --text-field, --shard-size and --workers default to None here, so that a flag given can be told from
+    # one left out (--from-hub refuses those given); FinewebConfig fills in the defaults.
+    parser.add_argument("--text-field", help=f"column holding the text in .jsonl/.json/.parquet inputs (default: {defaults.text_field})")
     parser.add_argument("--from-hub", metavar="REPO_ID", help="download ready-made shards from this Hub dataset repository")
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="a tokenizer.json written by train_tokenizer.py (default: GPT-2's tokenizer)")
     parser.add_argument("--out", help="output folder (default: per source, see below; data/REPO_NAME for --from-hub)")
     parser.add_argument("--val-tokens", type=int, help="tokens at the start of the stream that form the val split")
-    parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="tokens per shard (default: %(default)s)")
+    parser.add_argument("--shard-size", type=int, help=f"tokens per shard (default: {defaults.shard_size})")
     parser.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="tokenizer processes (default: all cores, %(default)s)")
+    parser.add_argument("--workers", type=int, help=f"tokenizer processes (default: all cores, {defaults.workers})")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=defaults.overwrite,
-                        help="delete this folder's meta.json and shards first (other files stay); without it a rerun resumes")
+                        help="replace this folder's meta.json and shards (other files stay); tokenizing deletes them at "
+                             "the start, --from-hub once the download is complete; without it a rerun resumes")
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=defaults.bench,
                         help=f"time the pipeline (into a temporary folder) against single-thread tiktoken on the same text, "
                              f"the first --max-tokens (default: {BENCH_MAX_TOKENS:,}) tokens")
     parser.add_argument("--bench-repeats", type=int, default=defaults.bench_repeats,
                         help="--bench rounds; it reports the best and the median (default: %(default)s)")
-    return FinewebConfig(**vars(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    if args.from_hub:
+        given = [flag for flag in FROM_HUB_UNUSED if getattr(args, flag[2:].replace("-", "_")) is not None]
+        if given:
+            raise ShardError(
+                f"--from-hub downloads every shard of the repository as it is, so {', '.join(given)} would be ignored: "
+                "drop them, or tokenize a corpus with --dataset or --input"
+            )
+    return FinewebConfig(**{key: value for key, value in vars(args).items() if value is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    print(f"fineweb.py config: {json.dumps(asdict(config))}")
     try:
+        config = parse_args(argv)
+        print(f"fineweb.py config: {json.dumps(asdict(config))}")
         run(config)
     except ShardError as error:
         print(f"fineweb.py: error: {error}", file=sys.stderr)

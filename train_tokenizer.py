@@ -81,13 +81,21 @@ def train(config: TokenizerConfig) -> Path:
         raise TokenizerError(f"--max-chars must be at least 1, not {config.max_chars}")
     if config.dataset and config.input:
         raise TokenizerError("pass only one of --dataset and --input")
-    plan = make_plan(FinewebConfig(dataset=config.dataset, input=config.input, text_field=config.text_field))
+    # Its output is a file, not fineweb.py's folder, so no folder is left out of --input.
+    plan = make_plan(FinewebConfig(dataset=config.dataset, input=config.input, text_field=config.text_field), exclude_out_dir=False)
     out = Path(config.out or f"data/tokenizers/{plan.dataset}-{config.vocab_size}.json")
+    if out.is_dir():
+        example = out / f"{plan.dataset}-{config.vocab_size}.json"
+        raise TokenizerError(f"--out {out} is a folder: pass the tokenizer.json file to write, e.g. {example}")
     if out.exists() and not config.overwrite:
         raise TokenizerError(
             f"--out {out} exists: token shards made with it would no longer match it if it changed; "
             "pass --overwrite to replace it, or choose another --out"
         )
+    try:  # before training, not after it
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TokenizerError(f"--out {out}: cannot create its folder {out.parent} ({error}): choose another --out") from error
     if plan.dataset == "tinyshakespeare":
         download_tinyshakespeare(plan.out_dir / "input.txt")
 
@@ -110,8 +118,10 @@ def train(config: TokenizerConfig) -> Path:
     if counts["chars"] == 0:
         raise TokenizerError(f"empty corpus: {plan.source} holds no text")
     tokenizer_json = tokenizer.to_str(pretty=True)
-    encoding = tokenizer_from_json(tokenizer_json, source=str(out))  # the check every later stage makes, made now
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        encoding = tokenizer_from_json(tokenizer_json, source=str(out))  # the check every later stage makes, made now
+    except ValueError as error:
+        raise TokenizerError(f"the trained tokenizer cannot be used, so {out} was not written: {error}") from error
     write_atomic(out, lambda file: file.write(tokenizer_json.encode("utf-8")))
     if encoding.n_vocab < config.vocab_size:
         print(f"note: the corpus ran out of pairs to merge at {encoding.n_vocab} tokens, short of --vocab-size {config.vocab_size}")

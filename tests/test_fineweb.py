@@ -9,9 +9,12 @@ import shutil
 import socket
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub.utils import httpx
 
 import fineweb
 from conftest import shared_file
@@ -100,6 +103,38 @@ def test_jsonl_json_parquet_inputs(tmp_path):
     assert meta_of(out)["source"]["inputs"] == [str(Path(p).resolve()) for p in inputs]
 
 
+def test_file_names_with_glob_characters_are_read_as_named(tmp_path, capsys):
+    # To datasets a file name is a glob pattern: "a[1].jsonl" would read a1.jsonl, "b*.jsonl" every b...jsonl.
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    folder = tmp_path / "in[1]"  # the folder's name too
+    folder.mkdir()
+    for name in ("a[1].jsonl", "a1.jsonl", "b*.jsonl", "bx.jsonl", "c?.json", "cx.json"):
+        (folder / name).write_text(json.dumps({"text": f"from {name}"}) + ("\n" if name.endswith("l") else ""))
+    for name in ("p[1].parquet", "p1.parquet"):
+        pq.write_table(pa.table({"text": [f"from {name}"]}), folder / name)
+    out = tmp_path / "out"
+    assert fineweb.main(["--input", str(folder), "--out", str(out), "--val-tokens", "3", "--workers", "1"]) == 0
+    names = sorted(path.name for path in folder.iterdir())
+    assert get_tokenizer().decode(stream(out).tolist()) == "".join(f"{EOT_TEXT}from {name}" for name in names)
+    assert fineweb.main(["--input", str(folder / "a[1].jsonl"), "--out", str(tmp_path / "one"), "--val-tokens", "3"]) == 0
+    assert get_tokenizer().decode(stream(tmp_path / "one").tolist()) == f"{EOT_TEXT}from a[1].jsonl"
+    # What datasets cannot read as named is a clear error, not another file or a riddle.
+    (tmp_path / "x::y.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    assert fineweb.main(["--input", str(tmp_path / "x::y.jsonl"), "--out", str(tmp_path / "xy")]) == 2
+    assert "x::y.jsonl: datasets cannot read a file whose path holds '::': rename it" in capsys.readouterr().err
+
+
+def test_zero_row_parquet_is_skipped_like_an_empty_jsonl(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")  # a row group of 0 rows
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "doc.txt").write_text("the only document")
+    out = tmp_path / "out"
+    assert fineweb.main(["--input", str(tmp_path), "--out", str(out), "--val-tokens", "2", "--workers", "1"]) == 0
+    assert meta_of(out)["documents"] == 1
+    assert get_tokenizer().decode(stream(out).tolist()) == EOT_TEXT + "the only document"
+
+
 def test_missing_text_field_names_file_and_field(tmp_path, capsys):
     (tmp_path / "a.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
     assert fineweb.main(["--input", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "out")]) == 2
@@ -123,12 +158,25 @@ def test_bad_flag_combinations(tmp_path, capsys):
     for flag in ("--workers", "--bench-repeats"):
         assert fineweb.main(["--dataset", "pystdlib", flag, "0", "--bench"]) == 2
         assert f"{flag} must be at least 1, not 0" in capsys.readouterr().err
+    # One token cannot be split into val and train.
+    assert fineweb.main(["--dataset", "pystdlib", "--max-tokens", "1", "--out", str(tmp_path / "one")]) == 2
+    assert "--max-tokens must be at least 2, not 1" in capsys.readouterr().err and not (tmp_path / "one").exists()
 
 
 def test_val_split_too_large_for_corpus_says_what_to_do(tmp_path, capsys):
     pattern = write_docs(tmp_path / "in", DOCS[:2])
     assert fineweb.main(["--input", pattern, "--out", str(tmp_path / "out")]) == 2  # default val: 100,000 tokens
     assert "smaller --val-tokens" in capsys.readouterr().err
+    # A corpus of fewer than 10 tokens: the --val-tokens suggested is one that works.
+    tiny = ["--input", write_docs(tmp_path / "tiny", ["Hello world"]), "--out", str(tmp_path / "tiny-out")]
+    assert fineweb.main(tiny) == 2
+    suggested = re.search(r"smaller --val-tokens, e\.g\. (\d+)", capsys.readouterr().err).group(1)
+    assert fineweb.main([*tiny, "--val-tokens", suggested, "--overwrite"]) == 0
+    assert meta_of(tmp_path / "tiny-out")["split_tokens"] == {"val": 1, "train": 2}
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "blank.txt").write_text("")  # one document of one token, <|endoftext|>
+    assert fineweb.main(["--input", str(tmp_path / "empty"), "--out", str(tmp_path / "empty-out"), "--val-tokens", "1"]) == 2
+    assert "need at least 2 tokens" in capsys.readouterr().err
 
 
 def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
@@ -284,6 +332,25 @@ def test_unrecorded_shards_are_never_mixed_in(tmp_path, capsys):
     assert "no meta.json" in capsys.readouterr().err
 
 
+def test_out_inside_an_input_folder_is_not_read_so_reruns_and_resumes_work(tmp_path, monkeypatch, capsys):
+    corpus = tmp_path / "corpus"
+    write_docs(corpus, DOCS)
+    args = ["--input", str(corpus), "--shard-size", "50", "--val-tokens", "70", "--workers", "1"]
+    assert fineweb.main([*args, "--out", str(tmp_path / "ref")]) == 0
+    out = corpus / "shards"
+    crash_at_save(monkeypatch, [*args, "--out", str(out)], saves=3)
+    (out / ".from_hub").mkdir()
+    (out / ".from_hub" / "meta.json").write_text("{}")  # what an interrupted --from-hub leaves
+    assert fineweb.main([*args, "--out", str(out)]) == 0  # resumes: its own meta.json is not an input
+    assert np.array_equal(stream(out), stream(tmp_path / "ref"))
+    assert meta_of(out)["source"]["inputs"] == meta_of(tmp_path / "ref")["source"]["inputs"]
+    capsys.readouterr()
+    assert fineweb.main([*args, "--out", str(out)]) == 0
+    assert "already holds this corpus" in capsys.readouterr().out
+    assert fineweb.main([*args, "--out", str(out), "--overwrite"]) == 0
+    assert np.array_equal(stream(out), stream(tmp_path / "ref"))
+
+
 def test_truncated_wrong_dtype_and_wrong_length_shards_are_detected(tmp_path):
     pattern = write_docs(tmp_path / "in", DOCS)
     out = tmp_path / "out"
@@ -350,6 +417,36 @@ def test_tinyshakespeare_download_rejects_wrong_bytes(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tinyshakespeare_local_copy_with_other_bytes_is_never_replaced(tmp_path, monkeypatch, capsys):
+    def no_download(url, timeout):
+        raise AssertionError("a local input.txt with other bytes was about to be replaced")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
+    path = tmp_path / "ts" / "input.txt"
+    path.parent.mkdir()
+    mine = b"First Citizen:\r\nBefore we proceed any further, hear me speak.\r\n"  # CRLF line endings
+    path.write_bytes(mine)
+    assert fineweb.main(["--dataset", "tinyshakespeare", "--out", str(path.parent)]) == 2
+    error = capsys.readouterr().err
+    assert str(path) in error and hashlib.sha256(mine).hexdigest() in error and fineweb.TINYSHAKESPEARE_SHA256 in error
+    assert "delete it to download it again" in error and f"--input {path}" in error
+    assert path.read_bytes() == mine and [p.name for p in path.parent.iterdir()] == ["input.txt"]
+
+
+def test_tinyshakespeare_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    served = b"First Citizen:\n"
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(served))
+    monkeypatch.setattr(fineweb, "TINYSHAKESPEARE_SHA256", hashlib.sha256(served).hexdigest())
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fineweb.os, "fsync", disk_full)
+    with pytest.raises(ShardError, match="cannot write .*input.txt .*No space left on device"):
+        fineweb.download_tinyshakespeare(tmp_path / "input.txt")
+    assert list(tmp_path.iterdir()) == []  # neither input.txt nor input.txt.tmp
+
+
 def test_tinyshakespeare_download_writes_the_checked_bytes_once(tmp_path, monkeypatch):
     served = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
     requested = []
@@ -368,23 +465,53 @@ def test_tinyshakespeare_download_writes_the_checked_bytes_once(tmp_path, monkey
     assert len(requested) == 1  # checked on disk, not downloaded again
 
 
-def fake_snapshot_download(repo_dir):
-    def snapshot_download(repo_id, repo_type, local_dir, allow_patterns):
+def hub_path(path):
+    """Where a file of a fake repository folder lies in the repository: shards in a subfolder, to find them there."""
+    return f"shards/{path.name}" if path.suffix == ".npy" else path.name
+
+
+def fake_hub(monkeypatch, repos, snapshot_download=None):
+    """Stands in for the Hub: `repos` maps repository ids to local folders. repo_info lists a folder's files;
+    snapshot_download (unless given) copies those matching its patterns."""
+    def repo_info(self, repo_id, repo_type):
         assert repo_type == "dataset"
-        for path in repo_dir.iterdir():
-            if any(fnmatch.fnmatch(path.name, pattern) for pattern in allow_patterns):
-                Path(local_dir, "shards").mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, Path(local_dir, "shards" if path.suffix == ".npy" else "", path.name))
+        siblings = [SimpleNamespace(rfilename=hub_path(path)) for path in sorted(repos[repo_id].iterdir())]
+        return SimpleNamespace(sha="0" * 40, siblings=siblings)
+
+    def download(repo_id, repo_type, revision, local_dir, allow_patterns):
+        assert repo_type == "dataset" and revision == "0" * 40
+        for path in sorted(repos[repo_id].iterdir()):
+            if any(fnmatch.fnmatch(hub_path(path), pattern) for pattern in allow_patterns):
+                Path(local_dir, hub_path(path)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, Path(local_dir, hub_path(path)))
         return local_dir
 
-    return snapshot_download
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", repo_info)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download or download)
+
+
+def no_hub(monkeypatch):
+    def refused(*args, **kwargs):
+        raise AssertionError("fineweb.py --from-hub went to the Hub although it should have refused")
+
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", refused)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", refused)
+
+
+def build_nanogpt_repo(folder, first_token, train_shards):
+    """Shards as build-nanogpt uploads them, without a meta.json: a val shard and train shards of 2 tokens."""
+    folder.mkdir(parents=True)
+    np.save(folder / "edufineweb_val_000000.npy", np.array([EOT_TOKEN, first_token], dtype=np.uint16))
+    for i in range(1, train_shards + 1):
+        np.save(folder / f"edufineweb_train_{i:06d}.npy", np.array([EOT_TOKEN, first_token + i], dtype=np.uint16))
+    return folder
 
 
 def test_from_hub_with_meta_json(tmp_path, monkeypatch, capsys):
     repo = tmp_path / "repo"
     assert fineweb.main(["--input", write_docs(tmp_path / "in", DOCS), "--out", str(repo), "--val-tokens", "70"]) == 0
     (repo / "README.md").write_text("not a shard")
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download(repo))
+    fake_hub(monkeypatch, {"someone/tokens": repo})
     out = tmp_path / "out"
     assert fineweb.main(["--from-hub", "someone/tokens", "--out", str(out)]) == 0
     assert np.array_equal(stream(out), stream(repo))
@@ -407,7 +534,7 @@ def test_from_hub_without_meta_json_like_build_nanogpt(tmp_path, monkeypatch, ca
     train = np.array([13, EOT_TOKEN, 14, 15], dtype=np.uint16)
     np.save(repo / "edufineweb_val_000000.npy", val)
     np.save(repo / "edufineweb_train_000001.npy", train)
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download(repo))
+    fake_hub(monkeypatch, {"someone/edu": repo})
     out = tmp_path / "out"
     assert fineweb.main(["--from-hub", "someone/edu", "--out", str(out)]) == 0
     meta = meta_of(out)
@@ -422,6 +549,120 @@ def test_from_hub_without_meta_json_like_build_nanogpt(tmp_path, monkeypatch, ca
     (repo / "edufineweb_train_000001.npy").unlink()
     assert fineweb.main(["--from-hub", "someone/edu", "--out", str(out), "--overwrite"]) == 2
     assert "*_train_*.npy and *_val_*.npy are both needed" in capsys.readouterr().err
+
+
+def test_from_hub_refuses_tokenizing_flags_it_would_ignore(tmp_path, monkeypatch, capsys):
+    no_hub(monkeypatch)
+    for flag, value in (("--max-tokens", "1500"), ("--val-tokens", "100"), ("--shard-size", "100000000"),
+                        ("--text-field", "text"), ("--workers", "1")):  # refused even at their default values
+        assert fineweb.main(["--from-hub", "someone/edu", "--out", str(tmp_path / "out"), flag, value]) == 2
+        assert f"so {flag} would be ignored" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # Left out, they take their defaults.
+    config = fineweb.parse_args(["--dataset", "pystdlib"])
+    assert (config.shard_size, config.text_field, config.workers) == (100_000_000, "text", fineweb.FinewebConfig().workers)
+
+
+def test_from_hub_refuses_a_folder_of_shards_without_meta_json(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "edu_fineweb10B"  # e.g. made by build-nanogpt's own fineweb.py
+    out.mkdir()
+    mine = np.arange(1000, 1100, dtype=np.uint16)
+    np.save(out / "edufineweb_val_000000.npy", mine)
+    no_hub(monkeypatch)
+    assert fineweb.main(["--from-hub", "someone/edu", "--out", str(out)]) == 2
+    assert "holds shards but no meta.json: pass --overwrite" in capsys.readouterr().err
+    assert np.array_equal(load_shard(out / "edufineweb_val_000000.npy"), mine)
+    assert [p.name for p in out.iterdir()] == ["edufineweb_val_000000.npy"]
+
+
+def test_from_hub_discards_an_interrupted_download_of_another_repo(tmp_path, monkeypatch, capsys):
+    repos = {"someone/A": build_nanogpt_repo(tmp_path / "A", 100, 3), "someone/B": build_nanogpt_repo(tmp_path / "B", 200, 1)}
+
+    def snapshot_download(repo_id, repo_type, revision, local_dir, allow_patterns):
+        started_with[repo_id] = sorted(path.name for path in Path(local_dir).rglob("*.npy"))
+        for k, path in enumerate(sorted(repos[repo_id].iterdir())):
+            if repo_id == "someone/A" and k == 2:
+                raise ConnectionError("connection lost")  # A's download stops after two files
+            Path(local_dir, hub_path(path)).parent.mkdir(exist_ok=True)
+            shutil.copy(path, Path(local_dir, hub_path(path)))
+        return local_dir
+
+    started_with = {}
+
+    fake_hub(monkeypatch, repos, snapshot_download)
+    out = tmp_path / "out"
+    assert fineweb.main(["--from-hub", "someone/A", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "cannot download someone/A" in error and "connection lost" in error and "rerun the same command" in error
+    assert len(list((out / ".from_hub").rglob("*.npy"))) == 2
+    assert fineweb.main(["--from-hub", "someone/B", "--out", str(out)]) == 0
+    assert started_with["someone/B"] == []  # A's files were gone before B's download began
+    assert [load_shard(p).tolist() for p in list_shards(out, "train")] == [[EOT_TOKEN, 201]]  # B's one train shard only
+    assert [r["file"] for r in meta_of(out)["shards"]] == ["edufineweb_val_000000.npy", "edufineweb_train_000001.npy"]
+
+
+def test_from_hub_never_takes_a_partial_download_for_the_repo(tmp_path, monkeypatch, capsys):
+    # Where the Hub cannot be reached after listing the files, snapshot_download returns its folder as it
+    # is, without an error: here, an earlier attempt's two files of four.
+    repo = build_nanogpt_repo(tmp_path / "repo", 100, 3)
+    out = tmp_path / "out"
+    (out / ".from_hub" / "shards").mkdir(parents=True)
+    (out / ".from_hub" / ".repo_id").write_text("someone/edu")
+    for path in sorted(repo.iterdir())[:2]:
+        shutil.copy(path, out / ".from_hub" / hub_path(path))
+    fake_hub(monkeypatch, {"someone/edu": repo}, lambda repo_id, repo_type, revision, local_dir, allow_patterns: local_dir)
+    assert fineweb.main(["--from-hub", "someone/edu", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "the download of someone/edu is incomplete (2 files missing" in error and "rerun the same command" in error
+    assert not (out / "meta.json").exists()
+    fake_hub(monkeypatch, {"someone/edu": repo})  # the rerun, online, continues the download
+    assert fineweb.main(["--from-hub", "someone/edu", "--out", str(out)]) == 0
+    assert len(list_shards(out, "train")) == 3
+
+
+@pytest.mark.parametrize("failure", ["network", "damaged"])
+def test_from_hub_overwrite_keeps_the_old_shards_until_the_new_ones_are_checked(tmp_path, monkeypatch, capsys, failure):
+    repo = build_nanogpt_repo(tmp_path / "repo", 100, 2)
+    fake_hub(monkeypatch, {"someone/edu": repo})
+    out = tmp_path / "out"
+    assert fineweb.main(["--from-hub", "someone/edu", "--out", str(out)]) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    if failure == "network":
+        def snapshot_download(*args, **kwargs):
+            raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+        fake_hub(monkeypatch, {"someone/edu": repo}, snapshot_download)
+    else:
+        np.save(repo / "edufineweb_train_000002.npy", np.zeros(2, dtype=np.int32))
+    assert fineweb.main(["--from-hub", "someone/edu", "--out", str(out), "--overwrite"]) == 2
+    assert ("Name or service not known" if failure == "network" else "int32") in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    assert len(list_shards(out, "train")) == 2
+
+
+def test_from_hub_errors_are_one_line_and_name_the_repo(tmp_path, monkeypatch, capsys):
+    request = httpx.Request("GET", "https://huggingface.co/api/datasets/someone/typo")
+    for error, expected in (
+        (RepositoryNotFoundError("404 Client Error. Repository Not Found", response=httpx.Response(404, request=request)),
+         "`hf auth login`"),
+        (OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/datasets/someone/typo: offline mode is enabled.\n"
+                              "To disable it, please unset the `HF_HUB_OFFLINE` environment variable."),
+         "offline mode is enabled. To disable it"),
+        (httpx.ConnectError("[Errno -2] Name or service not known"), "ConnectError: [Errno -2]"),
+        (HfHubHTTPError("502 Server Error: Bad Gateway", response=httpx.Response(502, request=request)),
+         "HfHubHTTPError: 502 Server Error"),
+    ):
+        def repo_info(self, repo_id, repo_type, error=error):
+            raise error
+
+        monkeypatch.setattr("huggingface_hub.HfApi.repo_info", repo_info)
+        assert fineweb.main(["--from-hub", "someone/typo", "--out", str(tmp_path / "out")]) == 2
+        message = capsys.readouterr().err
+        assert message.startswith("fineweb.py: error: ") and message.count("\n") == 1
+        assert "someone/typo" in message and expected in message
+    no_hub(monkeypatch)
+    assert fineweb.main(["--from-hub", "not a repo!", "--out", str(tmp_path / "out")]) == 2
+    assert "--from-hub not a repo! is not a Hub repository id" in capsys.readouterr().err
 
 
 def fake_fineweb_edu(monkeypatch, files):
@@ -534,6 +775,52 @@ def test_fineweb_edu_resumes_from_the_datasets_state(tmp_path, monkeypatch, caps
     assert fineweb.main([*args, "--out", str(out)]) == 0
     assert "from its recorded position" in capsys.readouterr().out
     assert len(calls) == 1 and loaded == [last["source_position"]]
+    assert np.array_equal(stream(out), stream(tmp_path / "ref")) and written(meta_of(out)) == written(meta_of(tmp_path / "ref"))
+
+
+class FailingStream:
+    """A streaming dataset whose connection drops after `rows` rows."""
+
+    def __init__(self, rows, error, after):
+        self.rows, self.error, self.after = rows, error, after
+
+    def __iter__(self):
+        for index, row in enumerate(self.rows):
+            if index == self.after:
+                raise self.error
+            yield row
+
+    def state_dict(self):
+        return self.rows.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.rows.load_state_dict(state_dict)
+
+
+NETWORK_ERRORS = [  # what a dropped connection surfaces as from datasets, fsspec, huggingface_hub and httpx
+    httpx.ReadTimeout("The read operation timed out"),
+    TimeoutError("timed out"),  # an OSError, though not a ConnectionError
+    HfHubHTTPError("503 Server Error", response=httpx.Response(503, request=httpx.Request("GET", "https://huggingface.co"))),
+]
+
+
+@pytest.mark.parametrize("error", NETWORK_ERRORS, ids=lambda error: type(error).__name__)
+def test_fineweb_edu_network_error_mid_stream_keeps_the_shards_and_resumes(tmp_path, monkeypatch, capsys, error):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(fineweb, "CHUNK_CHARS", 150)
+    fake_fineweb_edu(monkeypatch, write_edu_pages(tmp_path / "hub", files=4, rows=5))
+    args = ["--shard-size", "40", "--workers", "1"]
+    assert fineweb.main([*args, "--out", str(tmp_path / "ref")]) == 0
+    streamed = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: FailingStream(streamed(*a, **k), error, after=14))
+    out = tmp_path / "out"
+    assert fineweb.main([*args, "--out", str(out)]) == 2
+    message = capsys.readouterr().err
+    assert f"({type(error).__name__}: " in message and "rerun the same command (it resumes)" in message
+    assert len(meta_of(out)["shards"]) >= 3 and not meta_of(out)["complete"]
+    monkeypatch.setattr(datasets, "load_dataset", streamed)
+    assert fineweb.main([*args, "--out", str(out)]) == 0
+    assert "resuming after" in capsys.readouterr().out
     assert np.array_equal(stream(out), stream(tmp_path / "ref")) and written(meta_of(out)) == written(meta_of(tmp_path / "ref"))
 
 

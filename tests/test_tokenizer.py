@@ -156,6 +156,43 @@ def test_train_tokenizer_errors_are_one_line(bpe, tmp_path, capsys):
     assert "empty corpus" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
 
 
+def test_out_that_is_a_folder_or_cannot_be_made_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although --out cannot be written")
+
+    monkeypatch.setattr(train_tokenizer, "limited_texts", no_training)
+    (tmp_path / "doc.txt").write_text("some text to train on")
+    folder = tmp_path / "tokenizers"
+    folder.mkdir()
+    for overwrite in ([], ["--overwrite"]):
+        assert train(folder, "--input", str(tmp_path / "doc.txt"), *overwrite) == 2
+        assert f"--out {folder} is a folder: pass the tokenizer.json file to write, e.g. {folder}/custom-1024.json" in capsys.readouterr().err
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["doc.txt", "tokenizers"]
+    assert train(tmp_path / "doc.txt" / "tok.json", "--input", str(tmp_path / "doc.txt")) == 2  # its folder is a file
+    assert f"cannot create its folder {tmp_path / 'doc.txt'}" in capsys.readouterr().err
+
+
+def test_a_trained_tokenizer_that_fails_the_check_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    def refuse(tokenizer_json, source):
+        raise ValueError(f"{source} is not a GPT-2-style byte-level BPE")
+
+    monkeypatch.setattr(train_tokenizer, "tokenizer_from_json", refuse)
+    (tmp_path / "doc.txt").write_text("some text to train on")
+    out = tmp_path / "tok.json"
+    assert train_tokenizer.main(["--vocab-size", "300", "--input", str(tmp_path / "doc.txt"), "--out", str(out)]) == 2
+    assert f"train_tokenizer.py: error: the trained tokenizer cannot be used, so {out} was not written" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_input_file_named_like_a_glob_is_the_file_read(tmp_path, capsys):
+    # datasets would read "a[1].jsonl" as the pattern matching a1.jsonl.
+    (tmp_path / "a[1].jsonl").write_text(json.dumps({"text": "forty characters of text from a[1].jsonl"}) + "\n")
+    (tmp_path / "a1.jsonl").write_text(json.dumps({"text": "a1 text"}) + "\n")
+    out = tmp_path / "tok.json"
+    assert train_tokenizer.main(["--vocab-size", "300", "--input", str(tmp_path / "a[1].jsonl"), "--out", str(out)]) == 0
+    assert "on 40 characters in 1 documents" in capsys.readouterr().out
+
+
 # -----------------------------------------------------------------------------
 # Through the stages
 
