@@ -89,8 +89,10 @@ def download(
     cache_dir: str | os.PathLike | None = None,
     url: str = HELLASWAG_VAL_URL,
     expected_git_sha1: str | None = HELLASWAG_VAL_GIT_SHA1,
+    data_flag: str = "--data",
 ) -> Path:
-    """The official validation file in the cache folder, downloaded on first use.
+    """The official validation file in the cache folder, downloaded on first use. `data_flag` is
+    the caller's flag for a file of one's own, which the errors name.
 
     It is written to a temporary name and renamed into place only once complete and verified, so
     an interrupted download never leaves a partial file that later runs would trust.
@@ -104,12 +106,12 @@ def download(
         with urllib.request.urlopen(url, timeout=60) as response:
             data = response.read()
     except OSError as e:
-        raise OSError(f"could not download {url} ({e}); fetch it by other means and pass its path with --data") from e
+        raise OSError(f"could not download {url} ({e}); fetch it by other means and pass its path with {data_flag}") from e
     actual = git_blob_sha1(data)
     if expected_git_sha1 is not None and actual != expected_git_sha1:
         raise HellaSwagDataError(
             f"{url} sent a file with git blob id {actual}, not the expected {expected_git_sha1} "
-            "(truncated, or changed upstream); nothing was saved: retry, or pass a copy you trust with --data"
+            f"(truncated, or changed upstream); nothing was saved: retry, or pass a copy you trust with {data_flag}"
         )
     # A name of its own: the first process of each node downloads, and nodes may share this folder.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")

@@ -913,7 +913,7 @@ def hellaswag_examples(cfg: TrainConfig, dist_info: Distributed, device: torch.d
     path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else hellaswag.default_data_path()
     if not cfg.hellaswag_data and not path.is_file() and dist_info.local_rank == 0:
         try:
-            hellaswag.download()
+            hellaswag.download(data_flag="--hellaswag-data")
         except (OSError, hellaswag.HellaSwagDataError) as e:
             print(f"hellaswag: download failed ({e})", file=sys.stderr)
     if dist.is_available() and dist.is_initialized():

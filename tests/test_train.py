@@ -257,6 +257,7 @@ def test_hellaswag_that_cannot_be_downloaded_skips_with_one_line(data_dir, tmp_p
     assert train_gpt2.main(tiny_args(data_dir, log_dir, "--hellaswag", "--stop-at-step", "1")) == 0
     printed = capsys.readouterr()
     assert printed.err.count("hellaswag: download failed") == 1 and "Name or service not known" in printed.err
+    assert "pass its path with --hellaswag-data" in printed.err and "with --data" not in printed.err
     assert f"hellaswag: skipped, {tmp_path / 'cache' / 'hellaswag_val.jsonl'} is not there" in printed.out
     assert records_by_step(log_dir, "eval")[0]["hellaswag_acc_norm"] is None
 

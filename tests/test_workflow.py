@@ -161,6 +161,41 @@ def test_gpu_suite_commands_are_accepted_by_the_scripts_parsers(tmp_path, capsys
         assert_accepted(*invocation, capsys)
 
 
+TRAIN_RUNS = [invocation for invocation in INVOCATIONS + README_INVOCATIONS
+              if invocation[0] == "train_gpt2.py" and "--convert-checkpoint" not in invocation[1]]
+
+
+@pytest.mark.parametrize("script, args, torchrun, line", TRAIN_RUNS, ids=[line for *_, line in TRAIN_RUNS])
+def test_training_batch_divides_over_the_processes_it_names(script, args, torchrun, line):
+    """The batch arithmetic that train_gpt2.py checks at start-up, for the processes the command
+    starts (nproc_per_node x nnodes): a runbook command that stops at once on every GPU is caught here."""
+    from model import GPTConfig
+    from train_gpt2 import TrainError, make_plan, parse_config
+
+    world_size = 1
+    for option in ("--nproc_per_node", "--nproc-per-node", "--nnodes"):
+        values = [arg.split("=", 1)[1] for arg in torchrun or [] if arg.startswith(option + "=")]
+        values += [torchrun[i + 1] for i, arg in enumerate(torchrun or []) if arg == option]
+        world_size *= int(values[0]) if values else 1
+    cfg = parse_config(args)
+    try:
+        make_plan(cfg, world_size, GPTConfig.from_preset(cfg.model).block_size)
+    except TrainError as error:
+        pytest.fail(f"{line}: {error}")
+
+
+@pytest.mark.parametrize("invocations", [INVOCATIONS, README_INVOCATIONS], ids=["workflow.txt", "README.md"])
+def test_each_fresh_training_run_has_its_own_log_dir(invocations):
+    """Followed in order, a document must not start a run in a log dir that an earlier command of
+    it filled: train_gpt2.py refuses that (it never overwrites checkpoints)."""
+    from train_gpt2 import parse_config
+
+    fresh = [(parse_config(args).log_dir, line) for script, args, _, line in invocations
+             if script == "train_gpt2.py" and "--resume" not in args and "--convert-checkpoint" not in args]
+    log_dirs = [log_dir for log_dir, _ in fresh]
+    assert len(set(log_dirs)) == len(log_dirs), [line for log_dir, line in fresh if log_dirs.count(log_dir) > 1]
+
+
 def test_final_checkpoint_name_matches_the_gpt2_preset():
     from train_gpt2 import TrainConfig
 
