@@ -133,6 +133,13 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
+def check_visible_to_every_rank(path: Path, dist_info: Distributed, device: torch.device):
+    """Every rank must read the checkpoint that rank 0 chose; with several nodes that needs shared storage."""
+    if all_reduce_sum([float(path.exists())], device)[0] < dist_info.world_size:
+        raise TrainError(f"{path} is not visible to every rank: with several nodes, --log-dir must be on "
+                         "storage that all of them share (NFS, Lustre, ...)")
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum over ranks (a no-op in a single process)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -996,9 +1003,8 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
     # Rank 0 chooses the checkpoint, so that every rank resumes from the same one. With several
     # nodes, each must see it: the log dir has to be on storage they share.
     resume_path = decide_on_master(lambda: choose_checkpoint(cfg), dist_info)
-    if resume_path and all_reduce_sum([float(resume_path.exists())], device)[0] < dist_info.world_size:
-        raise TrainError(f"{resume_path} is not visible to every rank: with several nodes, --log-dir must be on "
-                         "storage that all of them share (NFS, Lustre, ...)")
+    if resume_path:
+        check_visible_to_every_rank(resume_path, dist_info, device)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     # Compared as configs, so that checkpoints written before a config field existed (with its default) still fit.
     if checkpoint and GPTConfig.from_dict(checkpoint["model_config"]) != model_config:

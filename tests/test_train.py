@@ -408,6 +408,18 @@ def test_ddp_two_processes_match_one_with_accumulation(data_dir, tmp_path):
     assert_same_run(single, ddp, steps=6, tolerance=1e-5)
 
 
+def test_a_checkpoint_that_another_rank_cannot_see_stops_the_run(tmp_path, monkeypatch):
+    """Two ranks on two nodes without shared storage: this rank sees the checkpoint, the other does not."""
+    checkpoint = tmp_path / "ckpt_000006.pt"
+    checkpoint.write_bytes(b"")
+    two_ranks = train_gpt2.Distributed(rank=0, local_rank=0, world_size=2)
+    monkeypatch.setattr(train_gpt2, "all_reduce_sum", lambda values, device: [v + 0.0 for v in values])  # the other rank adds 0
+    with pytest.raises(TrainError, match=r"ckpt_000006\.pt is not visible to every rank: .*--log-dir must be on storage"):
+        train_gpt2.check_visible_to_every_rank(checkpoint, two_ranks, torch.device("cpu"))
+    monkeypatch.setattr(train_gpt2, "all_reduce_sum", lambda values, device: [v + 1.0 for v in values])  # the other sees it
+    train_gpt2.check_visible_to_every_rank(checkpoint, two_ranks, torch.device("cpu"))
+
+
 def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     import random
 
