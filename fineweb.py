@@ -604,8 +604,7 @@ def _command(config: FinewebConfig, plan: Plan) -> str:
     parts += ["--input", *config.input] if config.input else ["--dataset", plan.dataset]
     if config.text_field != "text":
         parts += ["--text-field", config.text_field]
-    for flag, value in (("--val-tokens", config.val_tokens), ("--max-tokens", config.max_tokens),
-                        ("--bench-repeats", config.bench_repeats)):
+    for flag, value in (("--val-tokens", config.val_tokens), ("--max-tokens", config.max_tokens)):
         parts += [flag, str(value)] if value is not None else []
     if config.shard_size != FinewebConfig.shard_size:
         parts += ["--shard-size", str(config.shard_size)]

@@ -389,6 +389,7 @@ def test_pystdlib_smoke_command_runs_offline(tmp_path, monkeypatch):
     assert fineweb.main(["--dataset", "pystdlib", "--max-tokens", "2000000", "--out", str(out)]) == 0
     meta = meta_of(out)
     assert meta["split_tokens"] == {"val": 200_000, "train": 1_800_000}
+    assert meta["command"] == f"python fineweb.py --dataset pystdlib --max-tokens 2000000 --out {out}"  # how to rebuild it
     first_file = fineweb.stdlib_files()[0].read_text(encoding="utf-8")
     first_val_shard = load_shard(list_shards(out, "val")[0])
     assert get_tokenizer().decode(first_val_shard[:2000].tolist()).startswith(EOT_TEXT + first_file[:200])
