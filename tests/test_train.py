@@ -233,12 +233,9 @@ def test_resume_is_exact(data_dir, tmp_path):
 
 
 def test_hellaswag_in_training_scores_as_hellaswag_py_does(data_dir, tmp_path):
-    words = "the a cat dog sat ran on under mat tree quickly slowly red blue".split()
-    rng = np.random.default_rng(0)
-    examples = [{"ind": i, "ctx": " ".join(rng.choice(words, 6)).capitalize(), "label": int(rng.integers(4)),
-                 "endings": [" ".join(rng.choice(words, rng.integers(1, 8))) + "." for _ in range(4)]} for i in range(24)]
-    data = tmp_path / "hellaswag.jsonl"
-    data.write_text("".join(json.dumps(example) + "\n" for example in examples))
+    from test_hellaswag import synthetic_examples, write_jsonl  # the HellaSwag tests' own examples
+
+    data = write_jsonl(tmp_path / "hellaswag.jsonl", synthetic_examples(24))
     log_dir = tmp_path / "log"
     assert train_gpt2.main(tiny_args(data_dir, log_dir, "--hellaswag", "--hellaswag-data", str(data), "--stop-at-step", "6")) == 0
     record = records_by_step(log_dir, "eval")[6]
