@@ -191,7 +191,7 @@ def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
 # stands (position()) and start from there, so that resuming does not read the corpus again
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """A library's error message, which may span lines, as one line."""
     return " ".join(str(error).split())
 
@@ -301,7 +301,7 @@ class FinewebEduDocuments:
                 yield row["text"], 0
         except (OSError, httpx.HTTPError) as error:  # OSError: ConnectionError, and the hub's HfHubHTTPError
             raise ShardError(
-                f"cannot stream {FINEWEB_EDU_REPO} from the Hugging Face Hub ({type(error).__name__}: {_one_line(error)}): "
+                f"cannot stream {FINEWEB_EDU_REPO} from the Hugging Face Hub ({type(error).__name__}: {one_line(error)}): "
                 "check the network and rerun the same command (it resumes), or use --dataset pystdlib or --input for an "
                 "offline run"
             ) from error
@@ -708,7 +708,7 @@ def download_from_hub(repo_id: str, out_dir: Path, overwrite: bool, encoding, to
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ShardError(f"--from-hub {repo_id} is not a Hub repository id ({_one_line(error)}): pass USER/NAME") from error
+        raise ShardError(f"--from-hub {repo_id} is not a Hub repository id ({one_line(error)}): pass USER/NAME") from error
     if not overwrite:
         if (out_dir / "meta.json").exists():
             old = read_meta(out_dir)
@@ -736,11 +736,11 @@ def download_from_hub(repo_id: str, out_dir: Path, overwrite: bool, encoding, to
     except RepositoryNotFoundError as error:  # also a gated repository not granted to this account
         raise ShardError(
             f"--from-hub {repo_id}: the Hub has no dataset repository of that name that you may read "
-            f"({_one_line(error)}): check the name; a private or gated one needs `hf auth login` or HF_TOKEN"
+            f"({one_line(error)}): check the name; a private or gated one needs `hf auth login` or HF_TOKEN"
         ) from error
     except (httpx.HTTPError, OSError) as error:  # no connection, HF_HUB_OFFLINE=1, an HTTP error, a full disk
         raise ShardError(
-            f"cannot download {repo_id} from the Hugging Face Hub ({type(error).__name__}: {_one_line(error)}): "
+            f"cannot download {repo_id} from the Hugging Face Hub ({type(error).__name__}: {one_line(error)}): "
             f"{out_dir} is unchanged; fix the cause (check the network) and rerun the same command, which continues the download"
         ) from error
     missing = [file for file in files if not (staging / file).is_file()]

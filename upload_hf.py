@@ -46,7 +46,7 @@ from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_re
 from huggingface_hub.utils import httpx
 
 import hellaswag
-from fineweb import FINEWEB_EDU_REPO, SOURCES, ShardError, read_meta
+from fineweb import FINEWEB_EDU_REPO, SOURCES, ShardError, one_line, read_meta
 from model import GPT, GPTConfig, file_sha256, load_tokenizer, read_checkpoint_state
 from train_gpt2 import GPT2_124M_HELLASWAG, GPT2_124M_VAL_LOSS, TrainConfig, latest_checkpoint, latest_per_step, list_checkpoints, read_metrics
 
@@ -64,11 +64,6 @@ DEFAULT_LICENSE = "mit"
 
 class UploadError(Exception):
     """A problem the user can fix; the message names the file or flag and what to do."""
-
-
-def one_line(error: BaseException) -> str:
-    """A library's error message, which may span lines, as one line."""
-    return " ".join(str(error).split())
 
 
 @dataclass
