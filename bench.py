@@ -8,7 +8,11 @@ MFU uses the PaLM formula (appendix B): FLOPs per token = 6N + 12 * L * H * Q * 
 position embeddings (8.55e8 for GPT-2 124M at T=1024), against the peak dense bf16 FLOP/s of the
 GPU (train_gpt2.PEAK_BF16_FLOPS: A100 312e12, H100 and H200 989e12); the peak assumed is printed.
 Batches are random tokens (the data loader is not the bottleneck); warm-up steps, which include
-compilation, are excluded, and every timing is synchronised with the device.
+compilation, are excluded, and every timing is synchronised with the device. --data-ms N adds two
+rows with a data source that spends N ms of host time per micro-batch: gathered before each
+micro-step, and prefetched while the GPU computes (train_gpt2.DeviceBatches, as training does).
+--dtype takes train_gpt2.py's choices and its auto rule (bf16 on GPUs from compute capability 8.0,
+fp16 with loss scaling before, fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ import json
 import resource
 import sys
 import time
+from types import SimpleNamespace
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from fineweb import non_negative_int, positive_float, positive_int
 from model import GPT, GPTConfig
+from model import PRESETS as MODEL_PRESETS
 from train_gpt2 import PRESETS as TRAIN_PRESETS
-from train_gpt2 import TrainConfig, device_name, peak_flops, resolve_device, synchronize
+from train_gpt2 import (AUTO_MICRO_BATCH_LARGEST, DTYPE_CHOICES, DTYPE_HELP, DeviceBatches, TrainConfig, autocast_context,
+                        choose_dtype, device_name, dtype_name, make_grad_scaler, peak_flops, resolve_device, synchronize)
 
 
 @dataclass(frozen=True)
@@ -36,21 +44,22 @@ class Rung:
 
     name: str
     tf32: bool = True
-    bf16: bool = True
+    autocast: bool = True  # at --dtype (auto: bf16 on Ampere and later); off: fp32
     attention: str = "default"  # SDPA backend: math (no fused kernel), default (flash), cudnn
     compile: bool = True
     compile_mode: str = "default"  # torch.compile's mode: "reduce-overhead" replays CUDA graphs
     fused_adamw: bool = True
     pad_vocab: bool = True
     micro_batch: int | None = None  # None: --micro-batch
+    data: str = "memory"  # memory: one batch reused; serial or prefetch: a slow data source (--data-ms)
 
 
 FULL = Rung("full recipe")
-BASELINE = Rung("fp32 baseline", tf32=False, bf16=False, attention="math", compile=False, fused_adamw=False, pad_vocab=False)
+BASELINE = Rung("fp32 baseline", tf32=False, autocast=False, attention="math", compile=False, fused_adamw=False, pad_vocab=False)
 # The ladder: each rung turns one thing on, on top of the rungs before it (see main()).
 LADDER_STEPS = [
     ("+ TF32 matmuls", dict(tf32=True)),
-    ("+ bf16 autocast", dict(bf16=True)),
+    ("+ autocast (bf16)", dict(autocast=True)),
     ("+ SDPA flash attention", dict(attention="default")),
     ("+ torch.compile", dict(compile=True)),
     ("+ fused AdamW", dict(fused_adamw=True)),
@@ -59,11 +68,15 @@ LADDER_STEPS = [
     ("+ CUDA graphs", dict(compile_mode="reduce-overhead")),
 ]
 ATTENTION_BACKENDS = {"math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
-# The model and micro-batch of train_gpt2.py's presets, so the benchmark measures what a run does.
+# The model and micro-batch of train_gpt2.py's presets, so the benchmark measures what a run does;
+# for --micro-batch auto, the size it tries first on a GPU.
 PRESETS = {
     name: {key: getattr(TrainConfig(**overrides), key) for key in ("model", "micro_batch", "seq_len")}
     for name, overrides in TRAIN_PRESETS.items()
 }
+for preset in PRESETS.values():
+    if preset["micro_batch"] == "auto":
+        preset["micro_batch"] = AUTO_MICRO_BATCH_LARGEST["cuda"]
 
 
 @dataclass
@@ -77,6 +90,8 @@ class BenchConfig:
     device: str | None = None
     ladder: bool = False
     larger_batch: int | None = None  # with --ladder, one more rung at this micro-batch
+    dtype: str = "auto"
+    data_ms: float | None = None  # host time of a simulated data source per micro-batch
     json_out: str | None = None
 
 
@@ -95,18 +110,30 @@ def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     model = torch.compile(raw_model, mode=rung.compile_mode) if rung.compile else raw_model
     tokens = torch.randint(0, model_config.vocab_size, (micro_batch, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
     x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if rung.bf16 and cuda else contextlib.nullcontext()
+    dtype = choose_dtype(cfg.dtype, device) if rung.autocast else torch.float32
+    scaler = make_grad_scaler(dtype, device, sharded=False)
+    source = slow_source(tokens, cfg.data_ms or 0.0)
+    batches = DeviceBatches(source, device)
 
     def attention():  # a new context each step: sdpa_kernel's cannot be entered twice
         return sdpa_kernel(ATTENTION_BACKENDS[rung.attention]) if rung.attention in ATTENTION_BACKENDS else contextlib.nullcontext()
 
     def step():
-        with attention(), autocast:
-            _, loss = model(x, y)
-        loss.backward()
+        if rung.data == "serial":  # the host gathers the batch while the GPU waits
+            xb, yb = (t.to(device) for t in source.next_batch())
+        else:
+            xb, yb = batches.take() if rung.data == "prefetch" else (x, y)
+        with attention(), autocast_context(device, dtype):
+            _, loss = model(xb, yb)
+        scaler.scale(loss).backward()
+        if rung.data == "prefetch":
+            batches.prefetch()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        loss.item()  # training reads the loss every step, for its log
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -123,6 +150,7 @@ def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     result = {
         "rung": rung.name,
         "micro_batch": micro_batch,
+        "dtype": dtype_name(dtype),
         "step_ms": step_s * 1000,
         "tokens_per_s": tokens_per_s,
         "mfu": raw_model.flops_per_token(cfg.seq_len) * tokens_per_s / peak if peak else None,
@@ -137,6 +165,16 @@ def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     return result
 
 
+def slow_source(tokens: torch.Tensor, data_ms: float):
+    """A stand-in for the data loader that spends data_ms of host time per batch (window reads,
+    np.stack) and hands out the same tokens each time."""
+    def next_batch():
+        time.sleep(data_ms / 1000)
+        return tokens[:, :-1].clone(), tokens[:, 1:].clone()
+
+    return SimpleNamespace(next_batch=next_batch, state_dict=dict)
+
+
 def format_row(r: dict) -> str:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
     memory = f"{r['reserved_gib']:.1f} GiB reserved" if r["reserved_gib"] is not None else f"{r['peak_rss_gib']:.2f} GiB peak RSS"
@@ -146,14 +184,17 @@ def format_row(r: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="gpt2", help="model and batch defaults")
-    parser.add_argument("--model", help="model.py preset (overrides --preset's)")
-    parser.add_argument("--micro-batch", type=int, help="sequences per step (overrides --preset's)")
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence (overrides --preset's)")
-    parser.add_argument("--steps", type=int, default=BenchConfig.steps, help="timed steps")
-    parser.add_argument("--warmup-steps", type=int, default=BenchConfig.warmup_steps, help="untimed steps before timing, compilation included")
+    parser.add_argument("--model", choices=list(MODEL_PRESETS), help="model.py preset (overrides --preset's)")
+    parser.add_argument("--micro-batch", type=positive_int, help="sequences per step (overrides --preset's)")
+    parser.add_argument("--seq-len", type=positive_int, help="tokens per sequence (overrides --preset's)")
+    parser.add_argument("--steps", type=positive_int, default=BenchConfig.steps, help="timed steps")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=BenchConfig.warmup_steps, help="untimed steps before timing, compilation included")
     parser.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best available)")
     parser.add_argument("--ladder", action=argparse.BooleanOptionalAction, default=False, help="measure each optimisation on top of the previous (CUDA)")
-    parser.add_argument("--larger-batch", type=int, help="with --ladder: a last rung at this micro-batch")
+    parser.add_argument("--larger-batch", type=positive_int, help="with --ladder: a last rung at this micro-batch")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=BenchConfig.dtype, help=DTYPE_HELP)
+    parser.add_argument("--data-ms", type=positive_float, help="also time the step with a data source taking this many "
+                        "ms of host time per micro-batch, gathered in turn and prefetched as training does")
     parser.add_argument("--json-out", help="also write the results to this JSON file")
     return parser
 
@@ -163,12 +204,11 @@ def main(argv=None) -> int:
     values = {**asdict(BenchConfig()), **PRESETS[args["preset"]], **{k: v for k, v in args.items() if v is not None}}
     cfg = BenchConfig(**values)
     device = resolve_device(cfg.device)
-    if cfg.steps < 1 or cfg.warmup_steps < 0:
-        raise SystemExit("--steps must be at least 1 and --warmup-steps at least 0")
     if cfg.ladder and device.type != "cuda":
         raise SystemExit("--ladder compares GPU features (TF32, bf16, flash attention, fused AdamW); run it on a CUDA device")
     peak = peak_flops(device)
-    print(f"device: {device_name(device)} | torch {torch.__version__} | peak bf16 FLOP/s assumed: {peak or 'unknown (no MFU)'}")
+    print(f"device: {device_name(device)} | torch {torch.__version__} | autocast dtype: {dtype_name(choose_dtype(cfg.dtype, device))} "
+          f"| peak bf16 FLOP/s assumed: {peak or 'unknown (no MFU)'}")
     print(f"config: {json.dumps(asdict(cfg))}")
     print(f"| {'configuration':<28} | batch | {'tokens/s':>12} | {'step ms':>9} | {'MFU':>6} | memory |")
     print(f"|{'-' * 30}|-------|{'-' * 14}|{'-' * 11}|{'-' * 8}|--------|")
@@ -177,8 +217,11 @@ def main(argv=None) -> int:
         if cfg.larger_batch:
             plan.append((f"+ micro-batch {cfg.larger_batch}", dict(micro_batch=cfg.larger_batch)))
     else:
-        base = FULL if device.type == "cuda" else replace(FULL, name="default (fp32 on CPU)", compile=False)
+        dtype = dtype_name(choose_dtype(cfg.dtype, device))
+        base = FULL if device.type == "cuda" else replace(FULL, name=f"default ({dtype} on CPU)", compile=False)
         plan = [(base.name, {})]
+    if cfg.data_ms:
+        plan += [(f"+ data {cfg.data_ms:g} ms, in turn", dict(data="serial")), (f"+ data {cfg.data_ms:g} ms, prefetched", dict(data="prefetch"))]
     results = []
     for name, change in plan:
         rung = replace(base, name=name, **change)

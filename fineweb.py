@@ -39,6 +39,7 @@ import glob
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -184,6 +185,39 @@ def list_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
         raise ShardError(f"{data_dir}/meta.json lists no {split} shards: {_rebuild_hint(data_dir)}")
     _check_shards(data_dir, records)
     return sorted(data_dir / record["file"] for record in records)
+
+
+# -----------------------------------------------------------------------------
+# Command-line value types, for every script's argparse (this is the lowest stage, which they all
+# import): a bad value stops the script before it starts, with argparse's one line
+# "error: argument --flag: must be ..." and exit code 2.
+
+
+def _number_type(kind: type, accepted: str, ok: Callable) -> Callable[[str], int | float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {accepted}, not {text!r}") from None
+        if not ok(value):  # NaN fails every comparison, so no range admits it
+            raise argparse.ArgumentTypeError(f"must be {accepted}, not {text}")
+        return value
+
+    return parse
+
+
+def int_range(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `least` to `most` (no upper limit when None)."""
+    accepted = f"an integer from {least} to {most}" if most is not None else f"an integer of at least {least}"
+    return _number_type(int, accepted, lambda value: least <= value and (most is None or value <= most))
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+seed_int = int_range(0, 2**32 - 1)  # numpy's and CUDA's seed range; torch's CPU generator takes more
+positive_float = _number_type(float, "a number above 0", lambda value: 0 < value < math.inf)
+non_negative_float = _number_type(float, "a number of at least 0", lambda value: 0 <= value < math.inf)
+fraction_below_one = _number_type(float, "a number in [0, 1)", lambda value: 0 <= value < 1)
 
 
 # -----------------------------------------------------------------------------
@@ -856,11 +890,6 @@ def bench(plan: Plan, fresh: dict, workers: int, repeats: int) -> None:
 def run(config: FinewebConfig) -> None:
     if config.bench and config.max_tokens is None:
         config = replace(config, max_tokens=BENCH_MAX_TOKENS)
-    for flag, value, least in (("--workers", config.workers, 1), ("--shard-size", config.shard_size, 1),
-                               ("--val-tokens", config.val_tokens, 1), ("--bench-repeats", config.bench_repeats, 1),
-                               ("--max-tokens", config.max_tokens, 2)):  # 2: a val token and a train token
-        if value is not None and value < least:
-            raise ShardError(f"{flag} must be at least {least}, not {value}")
     if sum(map(bool, (config.dataset, config.input, config.from_hub))) > 1:
         raise ShardError("pass only one of --dataset, --input and --from-hub")
     if config.val_tokens is not None and config.max_tokens is not None and config.val_tokens >= config.max_tokens:
@@ -914,17 +943,18 @@ def parse_args(argv: list[str] | None = None) -> FinewebConfig:
     parser.add_argument("--tokenizer", metavar="PATH",
                         help="a tokenizer.json written by train_tokenizer.py (default: GPT-2's tokenizer)")
     parser.add_argument("--out", help="output folder (default: per source, see below; data/REPO_NAME for --from-hub)")
-    parser.add_argument("--val-tokens", type=int, help="tokens at the start of the stream that form the val split")
-    parser.add_argument("--shard-size", type=int, help=f"tokens per shard (default: {defaults.shard_size})")
-    parser.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
-    parser.add_argument("--workers", type=int, help=f"tokenizer processes (default: all cores, {defaults.workers})")
+    parser.add_argument("--val-tokens", type=positive_int, help="tokens at the start of the stream that form the val split")
+    parser.add_argument("--shard-size", type=positive_int, help=f"tokens per shard (default: {defaults.shard_size})")
+    # At least 2: one val token and one train token.
+    parser.add_argument("--max-tokens", type=int_range(2), help="stop after this many tokens (default: the whole corpus)")
+    parser.add_argument("--workers", type=positive_int, help=f"tokenizer processes (default: all cores, {defaults.workers})")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=defaults.overwrite,
                         help="replace this folder's meta.json and shards (other files stay); tokenizing deletes them at "
                              "the start, --from-hub once the download is complete; without it a rerun resumes")
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=defaults.bench,
                         help=f"time the pipeline (into a temporary folder) against single-thread tiktoken on the same text, "
                              f"the first --max-tokens (default: {BENCH_MAX_TOKENS:,}) tokens")
-    parser.add_argument("--bench-repeats", type=int, default=defaults.bench_repeats,
+    parser.add_argument("--bench-repeats", type=positive_int, default=defaults.bench_repeats,
                         help="--bench rounds; it reports the best and the median (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.from_hub:

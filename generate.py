@@ -3,6 +3,7 @@
     python generate.py --prompt "Hello, I'm a language model," --num-samples 5 --max-new-tokens 30
     python generate.py --model log/model_19072.pt --prompt-file prompt.txt --stream
     python generate.py --bench --bench-preset gpt2      # KV cache (eager, compiled) against recomputation, offline
+    python generate.py --compare --bench-preset gpt2 --bench-tokens 128  # greedy decoding against transformers' generate
 
 The text is encoded and decoded with the tokenizer the model records (a checkpoint or folder
 trained with a tokenizer.json from train_tokenizer.py carries it), else GPT-2's; --tokenizer names
@@ -20,15 +21,18 @@ import argparse
 import codecs
 import json
 import math
+import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from fineweb import seed_int
 from model import GPT, PRESETS, GPTConfig, decode_completion, get_tokenizer, load_model, load_tokenizer
-from train_gpt2 import autocast_context, resolve_device, synchronize
+from train_gpt2 import DTYPE_CHOICES, DTYPE_HELP, autocast_context, choose_dtype, dtype_name, resolve_device, synchronize
 
 DEFAULT_PROMPT = "Hello, I'm a language model,"
 SEPARATOR = "-" * 40  # printed after every sample
@@ -47,6 +51,7 @@ class GenerateConfig:
     top_p: float | None = None  # nucleus sampling; None: off
     seed: int = 1337
     device: str | None = None  # None: cuda, then mps, then cpu
+    dtype: str = "auto"  # autocast precision (train_gpt2.DTYPE_CHOICES)
     stream: bool = False  # print tokens as they are produced
     stop: bool = True  # end a sample at <|endoftext|>
     kv_cache: bool = True
@@ -54,6 +59,8 @@ class GenerateConfig:
     bench: bool = False  # time generation with the KV cache (eager, compiled) and without it instead of printing samples
     bench_preset: str | None = None  # benchmark a randomly initialised model of this size instead of --model
     bench_tokens: int = 256
+    compare: bool = False  # time greedy decoding against transformers' generate on the same weights instead of printing samples
+    compare_rounds: int = 5
 
 
 def _positive_int(text: str) -> int:
@@ -101,8 +108,9 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
                         help="sample among the K most likely tokens only (the vocabulary size or more: no limit)")
     parser.add_argument("--top-p", type=_top_p, default=defaults.top_p,
                         help="nucleus sampling: sample among the most likely tokens whose probabilities add up to P")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds sampling, and --bench-preset's initialisation")
+    parser.add_argument("--seed", type=seed_int, default=defaults.seed, help="seeds sampling, and --bench-preset's initialisation")
     parser.add_argument("-d", "--device", default=defaults.device, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=defaults.dtype, help=DTYPE_HELP)
     parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=defaults.stream,
                         help="print tokens as they are produced")
     parser.add_argument("--stop", action=argparse.BooleanOptionalAction, default=defaults.stop,
@@ -116,12 +124,23 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=defaults.bench,
                         help="time --bench-tokens new tokens with the KV cache (eager, and compiled with --compile) and "
                              "without it, and print the speed-ups")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=defaults.compare,
+                        help="time greedy decoding of --bench-tokens new tokens with our KV cache and with transformers' "
+                             "generate (its own cache) on the same weights, --compare-rounds rounds each, alternating, "
+                             "and check that both give the same tokens (needs transformers)")
+    parser.add_argument("--compare-rounds", type=_positive_int, default=defaults.compare_rounds,
+                        help="with --compare: timed rounds of each, after one untimed warm-up each")
     parser.add_argument("--bench-preset", choices=list(PRESETS), default=defaults.bench_preset,
-                        help="with --bench: a randomly initialised model of this size instead of --model (runs offline)")
-    parser.add_argument("--bench-tokens", type=_positive_int, default=defaults.bench_tokens, help="with --bench: new tokens to time")
+                        help="with --bench or --compare: a randomly initialised model of this size instead of --model (runs offline)")
+    parser.add_argument("--bench-tokens", type=_positive_int, default=defaults.bench_tokens,
+                        help="with --bench or --compare: new tokens to time")
     args = parser.parse_args(argv)
-    if args.bench_preset is not None and not args.bench:
-        parser.error("--bench-preset only applies to --bench")
+    if args.bench and args.compare:
+        parser.error("--bench and --compare are two benchmarks: run one at a time")
+    if args.bench_preset is not None and not (args.bench or args.compare):
+        parser.error("--bench-preset only applies to --bench and --compare")
+    if args.compare and not args.kv_cache:
+        parser.error("--compare times our KV cache against transformers' own cache; it does not apply with --no-kv-cache")
     if args.compile and not args.kv_cache:
         parser.error("--compile compiles the KV cache's one-token steps; it does not apply with --no-kv-cache")
     if args.stream and args.num_samples > 1:
@@ -167,7 +186,7 @@ def stream_sample(model: GPT, idx: torch.Tensor, config: GenerateConfig, enc, **
     return "".join(pieces)
 
 
-def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device) -> list[list[str]]:
+def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device, dtype: torch.dtype) -> list[list[str]]:
     """Print num_samples continuations of every prompt, each followed by SEPARATOR; return them."""
     texts = []
     for prompt in config.prompt:
@@ -181,7 +200,7 @@ def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device)
             use_kv_cache=config.kv_cache,
             compile=bool(config.compile),
         )
-        with autocast_context(device):
+        with autocast_context(device, dtype):
             if config.stream:
                 print(prompt, end="", flush=True)
                 completions = [stream_sample(model, idx, config, enc, **sampling)]
@@ -196,7 +215,7 @@ def generate_text(model: GPT, enc, config: GenerateConfig, device: torch.device)
     return texts
 
 
-def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict:
+def bench(model: GPT, enc, config: GenerateConfig, device: torch.device, dtype: torch.dtype) -> dict:
     """Time config.bench_tokens new tokens with the KV cache (eager, and compiled with --compile or
     on CUDA) and without it; print and return the timings and speed-ups."""
     tokens = encode_prompt(config.prompt[0], enc, model.config.block_size)
@@ -211,7 +230,7 @@ def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict
         generator = torch.Generator(device=device).manual_seed(config.seed)
         synchronize(device)
         start = time.perf_counter()
-        with autocast_context(device):
+        with autocast_context(device, dtype):
             # No stop token: every run generates exactly max_new_tokens.
             model.generate(idx, max_new_tokens, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
                            generator=generator, use_kv_cache=use_kv_cache, compile=compiled)
@@ -229,13 +248,13 @@ def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict
     timings_ms["recompute"] = run(config.bench_tokens, use_kv_cache=False)
     name = config.bench_preset or config.model
     kind = "randomly initialised" if config.bench_preset else "loaded"
-    print(f"bench: {name} ({kind}, {model.num_params() / 1e6:.1f}M parameters) on {device}, "
+    print(f"bench: {name} ({kind}, {model.num_params() / 1e6:.1f}M parameters) on {device}, {dtype_name(dtype)}, "
           f"batch {config.num_samples}, prompt {len(tokens)} tokens, {config.bench_tokens} new tokens")
     labels = {"cached": "KV cache, eager", "compiled": "KV cache, compiled", "recompute": "no KV cache, eager"}
     for path, ms in timings_ms.items():
         print(f"{labels[path] + ':':20s}{ms:10.1f} ms ({ms / config.bench_tokens:8.2f} ms/token)  "
               f"{timings_ms['recompute'] / ms:6.2f}x")
-    result = {"cached_ms": timings_ms["cached"], "recompute_ms": timings_ms["recompute"],
+    result = {"dtype": dtype_name(dtype), "cached_ms": timings_ms["cached"], "recompute_ms": timings_ms["recompute"],
               "speedup": timings_ms["recompute"] / timings_ms["cached"]}
     print(f"KV cache speed-up: {result['speedup']:.2f}x")
     if use_compile:
@@ -243,6 +262,81 @@ def bench(model: GPT, enc, config: GenerateConfig, device: torch.device) -> dict
                       compile_s=compile_ms / 1000)
         print(f"compiled KV cache speed-up: {result['compiled_speedup']:.2f}x "
               f"(its first run, compiling, took {result['compile_s']:.1f} s, not timed)")
+    return result
+
+
+def compare(model: GPT, enc, config: GenerateConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """Time greedy decoding of config.bench_tokens new tokens with our KV cache (GPT.generate) and
+    with transformers' generate(do_sample=False, use_cache=True) on the same weights, converted by
+    save_pretrained; print and return the timings, their ratio and whether the tokens agree.
+
+    Both run in this process, one untimed warm-up each (allocations, the decode weights, a
+    compile with --compile), then config.compare_rounds rounds that alternate which goes first,
+    so that a busy host slows both alike. In fp32 both must give the same tokens, or this exits
+    with an error; under bf16 or fp16 rounding may make them part, and the shared prefix is reported.
+    """
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit("--compare needs transformers, a test-only dependency: pip install -r requirements-dev.txt") from None
+    tokens = encode_prompt(config.prompt[0], enc, model.config.block_size)
+    idx = torch.tensor([tokens] * config.num_samples, dtype=torch.long, device=device)
+    if len(tokens) + config.bench_tokens > model.config.block_size:
+        raise SystemExit(f"--bench-tokens {config.bench_tokens}: prompt and new tokens ({len(tokens) + config.bench_tokens}) "
+                         f"exceed block_size={model.config.block_size}, past which the two models do not generate alike")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            model.save_pretrained(folder)  # the conversion upload_hf.py publishes
+        except (ValueError, RuntimeError) as e:
+            raise SystemExit(f"--compare: {e}") from None
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
+    # Exactly bench_tokens new tokens: no stop at <|endoftext|>, as GPT.generate without stop_token.
+    theirs.generation_config.eos_token_id = None
+    theirs.generation_config.pad_token_id = enc.eot_token
+
+    def ours_generate() -> torch.Tensor:
+        return model.generate(idx, config.bench_tokens, temperature=0, compile=bool(config.compile))
+
+    def theirs_generate() -> torch.Tensor:
+        return theirs.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=config.bench_tokens,
+                               do_sample=False, use_cache=True)
+
+    def timed(generate_fn) -> tuple[float, torch.Tensor]:
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad(), autocast_context(device, dtype):
+            out = generate_fn()
+        synchronize(device)
+        return (time.perf_counter() - start) * 1000, out
+
+    _, ours_out = timed(ours_generate)
+    _, theirs_out = timed(theirs_generate)
+    agree = (ours_out[:, len(tokens):] == theirs_out[:, len(tokens):]).all(dim=0).int()
+    shared_tokens = int(agree.cumprod(0).sum())  # new tokens identical in every row before the first difference
+    print(f"compare: {config.bench_preset or config.model} ({model.num_params() / 1e6:.1f}M parameters) on {device}, "
+          f"{dtype_name(dtype)}, {torch.get_num_threads()} threads, batch {config.num_samples}, prompt {len(tokens)} tokens, "
+          f"{config.bench_tokens} new tokens, greedy; transformers {transformers.__version__} {type(theirs).__name__} "
+          f"({theirs.config._attn_implementation} attention), ours {'compiled' if config.compile else 'eager'}")
+    timings_ms = {"ours": [], "transformers": []}
+    for round_index in range(config.compare_rounds):
+        order = ("ours", "transformers") if round_index % 2 == 0 else ("transformers", "ours")
+        for name in order:
+            ms, _ = timed(ours_generate if name == "ours" else theirs_generate)
+            timings_ms[name].append(ms)
+        print(f"round {round_index + 1}: ours {timings_ms['ours'][-1]:9.1f} ms, transformers {timings_ms['transformers'][-1]:9.1f} ms")
+    result = {"dtype": dtype_name(dtype), "threads": torch.get_num_threads(), "new_tokens": config.bench_tokens,
+              "same_tokens": shared_tokens == config.bench_tokens, "shared_tokens": shared_tokens}
+    for name, values in timings_ms.items():
+        result[f"{name}_median_ms"], result[f"{name}_best_ms"] = statistics.median(values), min(values)
+        print(f"{name + ':':14s} median {result[f'{name}_median_ms']:9.1f} ms ({result[f'{name}_median_ms'] / config.bench_tokens:7.2f} ms/token), "
+              f"best {result[f'{name}_best_ms']:9.1f} ms ({result[f'{name}_best_ms'] / config.bench_tokens:7.2f} ms/token)")
+    result["speedup_median"] = result["transformers_median_ms"] / result["ours_median_ms"]
+    result["speedup_best"] = result["transformers_best_ms"] / result["ours_best_ms"]
+    print(f"ours against transformers: {result['speedup_median']:.2f}x (medians), {result['speedup_best']:.2f}x (bests); "
+          f"above 1: ours is faster")
+    print(f"same tokens: {'yes' if result['same_tokens'] else 'no'} ({shared_tokens} of {config.bench_tokens} new tokens agree in every row)")
+    if dtype == torch.float32 and not result["same_tokens"]:
+        raise SystemExit(f"--compare: in fp32 our greedy tokens should be transformers' but part after {shared_tokens} new tokens")
     return result
 
 
@@ -258,7 +352,7 @@ def build_model(config: GenerateConfig) -> tuple:
         model = load_model(config.model)
     except (OSError, ValueError) as e:
         hint = ""
-        if config.bench:
+        if config.bench or config.compare:
             hint = "; to benchmark offline, --bench-preset gpt2 builds a randomly initialised model of GPT-2 124M's size"
         raise SystemExit(f"--model {config.model}: could not load it ({e}){hint}") from None
     try:
@@ -271,11 +365,15 @@ def main(argv: list[str] | None = None):
     config = parse_args(argv)
     print(f"generate config: {json.dumps(asdict(config))}", file=sys.stderr)  # stdout carries only the text
     device = resolve_device(config.device)
+    dtype = choose_dtype(config.dtype, device)
+    print(f"dtype: {dtype_name(dtype)}", file=sys.stderr)
     model, enc = build_model(config)
     model = model.to(device).eval()
     if config.bench:
-        return bench(model, enc, config, device)
-    return generate_text(model, enc, config, device)
+        return bench(model, enc, config, device, dtype)
+    if config.compare:
+        return compare(model, enc, config, device, dtype)
+    return generate_text(model, enc, config, device, dtype)
 
 
 if __name__ == "__main__":

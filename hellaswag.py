@@ -3,14 +3,17 @@
     python hellaswag.py -m gpt2                 # downloads the validation set once, then scores it
     python hellaswag.py -m log/model_19072.pt --limit 1000 --out results/hellaswag.json
     torchrun --standalone --nproc_per_node=8 hellaswag.py -m gpt2-xl
+    python hellaswag.py -m gpt2 --limit 40 --compare  # timed against build-nanogpt's scoring, same answers
 
 Scoring is the "completion style" of build-nanogpt's hellaswag.py: for each ending the model reads
 the context tokens followed by the tokens of " " + ending, and only the ending tokens are scored
 (cross-entropy of each ending token given everything before it). `acc` picks the ending with the
 lowest summed loss, `acc_norm` the one with the lowest mean loss per token, which does not
 penalise long endings. The rows (4 per example) are sorted by length and packed into forward passes
-of up to --batch-tokens tokens; only the scored positions go through the vocabulary projection, in
-fp32, so a score does not depend on the batch it was computed in.
+of up to --batch-tokens tokens (32,768 on a GPU, 1,024 on a CPU: default_batch_tokens); only the
+scored positions go through the vocabulary projection, in fp32, so a score does not depend on the
+batch it was computed in. --compare runs build-nanogpt's own scoring (one example per forward pass,
+logits at every position) beside it, checks that both pick the same endings and times both.
 
 Reference numbers on all 10,042 validation examples (from build-nanogpt), to tell at once whether
 a result is plausible:
@@ -61,12 +64,15 @@ NUM_ENDINGS = 4
 # tensor cores tile well, and a bounded number of shapes, while HellaSwag's rows (median 82 tokens)
 # lose little to padding.
 PAD_MULTIPLE_TOKENS = 8
-# Padded tokens per forward pass (HellaSwag's 10,042 examples take 97). Memory grows with it, the
-# weights aside: the fp32 logits of the scored positions and their log-softmax take 2 x 4 bytes x
-# 50,257 per position (at most 13,552 positions per pass on HellaSwag: 5.4 GB; 13 GB were every
-# position scored), bf16 activations ~0.9 GB for 124M and ~1.9 GB for gpt2-xl. On an 80 GB GPU that
-# is ~7 GB for 124M and ~14 GB for gpt2-xl with its 6.2 GB of fp32 weights (~21 GB at worst).
-DEFAULT_BATCH_TOKENS = 32768
+# Padded tokens per forward pass on a GPU (HellaSwag's 10,042 examples take 97). Memory grows with
+# it, the weights aside: the fp32 logits of the scored positions and their log-softmax take 2 x 4
+# bytes x 50,257 per position (at most 13,552 positions per pass on HellaSwag: 5.4 GB; 13 GB were
+# every position scored), bf16 activations ~0.9 GB for 124M and ~1.9 GB for gpt2-xl. On an 80 GB GPU
+# that is ~7 GB for 124M and ~14 GB for gpt2-xl with its 6.2 GB of fp32 weights (~21 GB at worst).
+GPU_BATCH_TOKENS = 32768
+# On a CPU large passes are slower, not faster: their activations (a 124M model's MLP alone holds
+# 12 MB per 1,000 tokens) spill out of the caches. See default_batch_tokens.
+CPU_BATCH_TOKENS = 1024
 
 # -----------------------------------------------------------------------------
 # Data
@@ -324,12 +330,21 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def default_batch_tokens(device: torch.device | str) -> int:
+    """--batch-tokens' default for the device: GPU_BATCH_TOKENS on CUDA, where large passes keep the
+    GPU busy; CPU_BATCH_TOKENS elsewhere. On a 2-core CPU, passes of 32,768 tokens made this scoring
+    slower than build-nanogpt's one example per pass, and passes of 1,024 faster (`--compare`; the
+    runs are in README.md's Performance section). MPS shares the host's memory and gets the CPU
+    value; it has not been measured there."""
+    return GPU_BATCH_TOKENS if torch.device(device).type == "cuda" else CPU_BATCH_TOKENS
+
+
 @torch.no_grad()
 def evaluate(
     model,
     examples,
     device: torch.device | str,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
@@ -337,7 +352,8 @@ def evaluate(
     use_compile: bool = False,
 ) -> HellaSwagResult:
     """Score examples[rank::world_size] on this rank, in forward passes of at most batch_tokens
-    padded tokens (4 rows per example; rows of similar length batched together).
+    padded tokens (None: default_batch_tokens(device)); 4 rows per example, rows of similar length
+    batched together.
 
     `model` is a GPT, or a torch.compile or DDP wrapper of one, which is looked through: scoring
     calls the GPT's hidden_states() and logits(), and `use_compile` compiles hidden_states() (with
@@ -353,6 +369,7 @@ def evaluate(
     as "index".
     """
     device = torch.device(device)
+    batch_tokens = default_batch_tokens(device) if batch_tokens is None else batch_tokens
     enc = get_tokenizer() if enc is None else enc
     gpt = _unwrap(model)
     share = list(itertools.islice(enumerate(examples), rank, None, world_size))
@@ -383,6 +400,13 @@ def evaluate(
     # Summed on the host in float64, each row's tokens in order: the same sums whatever the batches.
     sum_losses = np.bincount(packed.target_rows, weights=losses.cpu().numpy(), minlength=len(rows)).reshape(-1, NUM_ENDINGS)
     mean_losses = sum_losses / packed.num_scored.reshape(-1, NUM_ENDINGS)
+    return _result(share, sum_losses, mean_losses, device, world_size)
+
+
+def _result(share: list[tuple[int, dict]], sum_losses: np.ndarray, mean_losses: np.ndarray, device: torch.device,
+            world_size: int = 1) -> HellaSwagResult:
+    """Predictions and counts from each (index, example)'s (4,) summed and mean ending losses; the
+    counts are summed over ranks."""
     preds, preds_norm = sum_losses.argmin(axis=1), mean_losses.argmin(axis=1)
     labels = np.array([example["label"] for _, example in share], dtype=np.int64)
     predictions = [
@@ -407,6 +431,93 @@ def evaluate(
 
 
 # -----------------------------------------------------------------------------
+# The plain reference, and evaluate() timed against it
+
+
+@torch.no_grad()
+def evaluate_reference(model, examples, device: torch.device | str, enc=None) -> HellaSwagResult:
+    """build-nanogpt's scoring, in plain PyTorch, for --compare to check and time evaluate() against:
+    one example per forward pass, its 4 rows right-padded to the longest, logits over the whole
+    vocabulary at every position, cross-entropy masked to the ending tokens. A row longer than
+    block_size keeps its last block_size tokens, as in pack(). Eager, one process; the caller sets
+    up autocast, and the loss is taken from the logits in fp32."""
+    device = torch.device(device)
+    enc = get_tokenizer() if enc is None else enc
+    gpt = _unwrap(model)
+    block_size = gpt.config.block_size
+    sum_losses = np.zeros((len(examples), NUM_ENDINGS))
+    mean_losses = np.zeros((len(examples), NUM_ENDINGS))
+    was_training = gpt.training
+    gpt.eval()
+    try:
+        for i, example in enumerate(examples):
+            context = enc.encode_ordinary(example["ctx"])
+            endings = [enc.encode_ordinary(" " + ending) for ending in example["endings"]]
+            rows = [(context + ending)[-block_size:] for ending in endings]
+            masks = [([0] * len(context) + [1] * len(ending))[-block_size:] for ending in endings]
+            T = max(map(len, rows))
+            tokens = torch.zeros((NUM_ENDINGS, T), dtype=torch.long)
+            mask = torch.zeros((NUM_ENDINGS, T))
+            for j, (row, row_mask) in enumerate(zip(rows, masks)):
+                tokens[j, : len(row)] = torch.tensor(row)
+                mask[j, : len(row)] = torch.tensor(row_mask, dtype=torch.float32)
+            tokens, mask = tokens.to(device), mask.to(device)
+            logits, _ = gpt(tokens)  # (4, T, vocab_size)
+            losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+            shift_mask = mask[:, 1:]  # the token at position t is predicted by the logits at t - 1
+            sums = (losses.view(NUM_ENDINGS, T - 1) * shift_mask).sum(dim=1)
+            sum_losses[i] = sums.cpu().numpy()
+            mean_losses[i] = (sums / shift_mask.sum(dim=1)).cpu().numpy()
+    finally:
+        gpt.train(was_training)
+    return _result(list(enumerate(examples)), sum_losses, mean_losses, device)
+
+
+@dataclass
+class Comparison:
+    rounds_s: list[dict]  # per round, {"reference": seconds, "ours": seconds}
+    reference_s: float  # the median over rounds
+    ours_s: float
+    speedup: float  # reference_s / ours_s
+    num_different: int  # examples whose pred or pred_norm differ between the two
+    max_loss_difference: float  # the largest difference of a summed ending loss between the two
+    result: HellaSwagResult  # evaluate()'s, from the last round
+
+
+def compare(model, examples, device: torch.device | str, batch_tokens: int | None = None, rounds: int = 3, enc=None,
+            use_compile: bool = False, log=print) -> Comparison:
+    """Time evaluate() against evaluate_reference() on the same model and examples, in one process:
+    `rounds` rounds that each run both, the order alternating so that a machine growing busier or
+    quieter weighs on both alike, after one untimed warm-up of both on the first few examples
+    (threads, allocator, and with use_compile the compilation). Each timing covers tokenising,
+    scoring and the losses back on the host. The caller sets up autocast, as for evaluate()."""
+    device = torch.device(device)
+    enc = get_tokenizer() if enc is None else enc
+    scorers = {
+        "reference": lambda subset: evaluate_reference(model, subset, device, enc=enc),
+        "ours": lambda subset: evaluate(model, subset, device, batch_tokens, enc=enc, use_compile=use_compile),
+    }
+    start = time.perf_counter()
+    for scorer in scorers.values():
+        scorer(examples[:NUM_ENDINGS])
+    log(f"warm-up on {min(len(examples), NUM_ENDINGS)} examples (untimed; with compilation if any): {time.perf_counter() - start:.1f} s")
+    rounds_s, results = [], {}
+    for round_index in range(rounds):
+        times = {}
+        for name in sorted(scorers, reverse=round_index % 2 == 0):  # reference first, then ours first, ...
+            start = time.perf_counter()
+            results[name] = scorers[name](examples)
+            times[name] = time.perf_counter() - start
+        rounds_s.append(times)
+        log(f"round {round_index + 1}/{rounds}: reference {times['reference']:.2f} s, ours {times['ours']:.2f} s")
+    reference_s, ours_s = (float(np.median([times[name] for times in rounds_s])) for name in ("reference", "ours"))
+    pairs = list(zip(results["reference"].predictions, results["ours"].predictions))
+    num_different = sum((a["pred"], a["pred_norm"]) != (b["pred"], b["pred_norm"]) for a, b in pairs)
+    max_loss_difference = max(float(np.abs(np.subtract(a["sum_losses"], b["sum_losses"])).max()) for a, b in pairs)
+    return Comparison(rounds_s, reference_s, ours_s, reference_s / ours_s, num_different, max_loss_difference, results["ours"])
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
@@ -418,8 +529,11 @@ class HellaSwagConfig:
     data: str | None = None  # None: the official validation file, downloaded once into cache_dir
     cache_dir: str | None = None  # None: DEFAULT_CACHE_DIR
     limit: int | None = None  # score only the first `limit` examples
-    batch_tokens: int = DEFAULT_BATCH_TOKENS  # padded tokens per forward pass (at least one row)
+    batch_tokens: int | None = None  # padded tokens per forward pass (at least one row); None: default_batch_tokens(device)
+    dtype: str = "auto"  # autocast precision of the transformer: auto, bf16, fp16 or fp32
     compile: bool = False
+    compare: bool = False  # time evaluate() against evaluate_reference() instead of scoring once
+    compare_rounds: int = 3
     out: str | None = None  # JSON file with acc, acc_norm, n and every example's predictions
 
 
@@ -431,6 +545,8 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
+    from train_gpt2 import DTYPE_CHOICES  # imported here: train_gpt2 imports this module at its top
+
     defaults = HellaSwagConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-m", "--model", default=defaults.model,
@@ -445,18 +561,31 @@ def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help=f"where the download is kept (default: {DEFAULT_CACHE_DIR})")
     parser.add_argument("--limit", type=_positive_int, default=defaults.limit, help="score only the first N examples")
     parser.add_argument("--batch-tokens", type=_positive_int, default=defaults.batch_tokens,
-                        help=f"padded tokens per forward pass, 4 rows per example (default: {defaults.batch_tokens}; "
-                             "memory grows with it, the weights aside)")
+                        help=f"padded tokens per forward pass, 4 rows per example (default: {GPU_BATCH_TOKENS} on CUDA, "
+                             f"{CPU_BATCH_TOKENS} on CPU and MPS; memory grows with it, the weights aside)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
                         help="torch.compile the transformer, with dynamic shapes (one compilation for every batch shape)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=defaults.dtype,
+                        help="autocast precision of the transformer: auto (bf16 on GPUs with compute capability 8.0 and up, "
+                             "fp16 on older ones, fp32 on CPU and MPS), bf16, fp16 or fp32; the vocabulary projection and the "
+                             "loss run in fp32 whatever it is")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=defaults.compare,
+                        help="time this scoring against a plain one (one example per forward pass, logits over the whole "
+                             "vocabulary, as build-nanogpt scores) on the same model and examples, in alternating rounds, "
+                             "and check that both pick the same endings")
+    parser.add_argument("--compare-rounds", type=_positive_int, default=defaults.compare_rounds,
+                        help=f"with --compare, timed rounds of both scorings (default: {defaults.compare_rounds}; the medians are compared)")
     parser.add_argument("--out", default=defaults.out, help="write acc, acc_norm, n and every example's predictions to this JSON file")
-    return HellaSwagConfig(**vars(parser.parse_args(argv)))
+    config = HellaSwagConfig(**vars(parser.parse_args(argv)))
+    if config.compare and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("--compare times one process; run it with python, not torchrun")
+    return config
 
 
 def main(argv: list[str] | None = None) -> HellaSwagResult:
     config = parse_args(argv)
     # train_gpt2 imports this module at its top, so its helpers are imported here, not up there.
-    from train_gpt2 import autocast_context, cleanup_distributed, setup_distributed
+    from train_gpt2 import autocast_context, choose_dtype, cleanup_distributed, dtype_name, setup_distributed
 
     dist_info, device = setup_distributed(config.device)
     try:
@@ -492,12 +621,24 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
         except (OSError, ValueError) as e:
             raise SystemExit(f"the tokenizer of --model {config.model}: {e}") from None
         model.to(device)
+        dtype = choose_dtype(config.dtype, device)
+        batch_tokens = default_batch_tokens(device) if config.batch_tokens is None else config.batch_tokens
+        run_record = {"device": str(device), "dtype": dtype_name(dtype), "batch_tokens": batch_tokens, "compile": config.compile}
+        if dist_info.is_master:
+            print(f"hellaswag: {', '.join(f'{key} {value}' for key, value in run_record.items())}")
 
+        comparison = None
         start = time.perf_counter()
-        with autocast_context(device):
-            result = evaluate(model, examples, device, config.batch_tokens, dist_info.rank, dist_info.world_size,
-                              progress=dist_info.is_master, enc=enc, use_compile=config.compile)
+        with autocast_context(device, dtype):
+            if config.compare:
+                comparison = compare(model, examples, device, batch_tokens, config.compare_rounds, enc=enc, use_compile=config.compile)
+                result = comparison.result
+            else:
+                result = evaluate(model, examples, device, batch_tokens, dist_info.rank, dist_info.world_size,
+                                  progress=dist_info.is_master, enc=enc, use_compile=config.compile)
         elapsed_s = time.perf_counter() - start
+        if comparison is not None:
+            run_record["compare"] = {k: v for k, v in asdict(comparison).items() if k != "result"}
 
         if config.out is not None:
             predictions = result.predictions
@@ -508,9 +649,19 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
                     predictions = sorted((p for part in gathered for p in part), key=lambda p: p["index"])
             if dist_info.is_master:
                 summary = {k: getattr(result, k) for k in ("n", "acc", "acc_norm", "num_correct", "num_correct_norm")}
-                _write_json(Path(config.out), {"model": config.model, "data": str(data_path), **summary, "predictions": predictions})
+                _write_json(Path(config.out), {"model": config.model, "data": str(data_path), **run_record, **summary,
+                                               "predictions": predictions})
                 print(f"wrote {config.out}")
-        if dist_info.is_master:
+        if comparison is not None:
+            print(f"reference (one example per forward pass, logits over the whole vocabulary): {comparison.reference_s:.2f} s, "
+                  f"ours ({batch_tokens} tokens per pass): {comparison.ours_s:.2f} s (medians of {config.compare_rounds} rounds, "
+                  f"{result.n} examples): {comparison.speedup:.2f}x")
+            print(f"different predictions: {comparison.num_different} of {result.n} examples; "
+                  f"largest difference of a summed ending loss: {comparison.max_loss_difference:.2e}")
+            if comparison.num_different and dtype == torch.float32:
+                # In fp32 both compute the same losses up to rounding, so a different choice is a bug.
+                raise SystemExit(f"--compare: in fp32 the two scorings chose differently on {comparison.num_different} examples")
+        elif dist_info.is_master:
             print(f"scored {result.n} examples in {elapsed_s:.1f} s ({result.n / elapsed_s:.1f} examples/s)")
             print(f"hellaswag acc={result.acc:.4f} acc_norm={result.acc_norm:.4f} n={result.n}")
         return result

@@ -26,7 +26,9 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -624,8 +626,12 @@ class GPT(nn.Module):
             # to a multiple of 64 so that prompts of similar lengths share a compiled step.
             fed_tokens = T + max(max_new_tokens - 1, 0)
             length = min(block_size, math.ceil(fed_tokens / 64) * 64)
-            cache = KVCache(self.config, B, idx.device, dtype, length)
-            step = _compiled_decode_step(self, cache) if compile else self.decode_step
+            weights = self.decode_weights(device_type)
+            if compile:
+                cache, step = _compiled_decode_step(self, B, length, dtype, idx.device, weights)
+            else:
+                cache = KVCache(self.config, B, idx.device, dtype, length)
+                step = functools.partial(self.decode_step, weights=weights)
         last = idx[:, -1:]
         for _ in range(max_new_tokens):
             if cache is not None and stored == 0:  # the prompt, in one pass
@@ -685,6 +691,49 @@ class GPT(nn.Module):
             for module_name, module in self.named_modules() if isinstance(module, nn.Linear)
             for name, param in module.named_parameters(recurse=False)
         }
+
+    def decode_weights(self, device_type: str) -> dict[str, torch.Tensor] | None:
+        """The weights a one-token step reads in place of the parameters, by name; None where it
+        reads the parameters as they are (a GPU without autocast, or a sharded model).
+
+        Two reasons to read copies. Under autocast, the Linear layers' parameters cast once
+        (autocast_weights). On CPU in fp32, the weight matrices laid out (in, out), as transformers'
+        GPT-2 stores them (Conv1D): a one-token step is a matrix-vector product per weight, and
+        MKL's fp32 one reads a (in, out) matrix faster than nn.Linear's (out, in) one (GPT-2 124M's
+        lm_head: 8-11 ms against 20 ms on one core of our CPU; in bf16 the (out, in) one is faster,
+        9 against 14 ms, so bf16 keeps it). The copies keep nn.Linear's shape, transposed in their
+        strides, so F.linear multiplies by the contiguous (in, out) matrix. They cost a second copy
+        of those weights, kept with the model (DecodeState).
+
+        The copies are made once and refreshed in place whenever a parameter has changed since:
+        its version counter, which every in-place write to it bumps (an optimizer step,
+        load_state_dict, copy_ under no_grad), or its address (model.to). A write through
+        `param.data` bypasses the version counter; nothing here writes so.
+        """
+        cast = torch.is_autocast_enabled(device_type)
+        relayout = device_type == "cpu" and not cast and self.lm_head.weight.dtype == torch.float32
+        if not (cast or relayout) or _has_sharded_parameters(self):
+            return None
+        sources = {
+            f"{module_name}.{name}": param
+            for module_name, module in self.named_modules() if isinstance(module, nn.Linear)
+            for name, param in module.named_parameters(recurse=False) if cast or param.dim() == 2
+        }
+        layout = (device_type, torch.get_autocast_dtype(device_type) if cast else None,
+                  [(name, param.shape, param.dtype, param.device) for name, param in sources.items()])
+        versions = [(param.data_ptr(), param._version) for param in sources.values()]
+        state = _decode_state(self)
+        if state.weights_layout != layout:
+            weights = self.autocast_weights(device_type) or {name: param.detach() for name, param in sources.items()}
+            if relayout:
+                weights = {name: w.t().contiguous().t() for name, w in weights.items()}
+            state.weights, state.weights_layout = weights, layout
+        elif state.weights_versions != versions:
+            for (name, param), seen, now in zip(sources.items(), state.weights_versions, versions):
+                if seen != now:
+                    state.weights[name].copy_(param)  # the same tensor, so the addresses a CUDA graph recorded stay valid
+        state.weights_versions = versions
+        return state.weights
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, stop_token: int | None = None, **sampling) -> torch.Tensor:
@@ -856,22 +905,75 @@ def sample_next_token(
     return pick_token(logits, temperature, top_k, top_p, noise)
 
 
-def _compiled_decode_step(model: GPT, cache: KVCache):
-    """model.decode_step through torch.compile: one graph (fullgraph, so a graph break is an error
-    rather than a silent slowdown), and on CUDA a CUDA graph (mode="reduce-overhead")."""
-    device_type = cache.pos.device.type
-    weights = model.autocast_weights(device_type)
-    # These tensors keep their addresses for the whole generation: a CUDA graph reads and writes
+@dataclass
+class DecodeState:
+    """What generation keeps with a model from one call to the next (GPT.decode_weights, and
+    _compiled_decode_step's cache and compiled step).
+
+    A CUDA graph records the addresses of the tensors it reads, and records again (a capture, far
+    slower than a step) when one changes; after 128 captures cudagraph trees stop using graphs.
+    A fresh cache and fresh weight copies at every call would make every call pay a capture, so
+    they are kept, and a new call resets the cache's position and refreshes the weights in place.
+    """
+
+    weights: dict[str, torch.Tensor] | None = None
+    weights_layout: tuple | None = None  # what the copies were made for: device, dtype, each parameter's shape and dtype
+    weights_versions: list[tuple[int, int]] | None = None  # each parameter's (address, version) when last copied
+    cache: KVCache | None = None
+    compiled: dict = field(default_factory=dict)  # device type -> torch.compile(model.decode_step)
+    cache_user: weakref.ref | None = None  # the step of the generation using `cache`, while it runs
+
+
+def _decode_state(model: GPT) -> DecodeState:
+    # A plain attribute, not a buffer: it is not part of the model's state_dict.
+    if "_decode_state" not in model.__dict__:
+        model.__dict__["_decode_state"] = DecodeState()
+    return model.__dict__["_decode_state"]
+
+
+def _has_sharded_parameters(model: nn.Module) -> bool:
+    """Whether FSDP has sharded the parameters (DTensors), which are whole only inside its forward."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(param, DTensor) for param in model.parameters())
+
+
+def _compiled_decode_step(model: GPT, batch_size: int, length: int, dtype: torch.dtype, device: torch.device,
+                          weights: dict[str, torch.Tensor] | None) -> tuple[KVCache, Callable]:
+    """(the KV cache, model.decode_step through torch.compile): one graph (fullgraph, so a graph
+    break is an error rather than a silent slowdown), and on CUDA a CUDA graph (mode="reduce-overhead").
+
+    The model keeps the cache from one call to the next (DecodeState), and makes a new one only
+    for another batch size, dtype or device, or a longer generation; a shorter one uses the
+    longer cache, masked, rather than capture another graph.
+    """
+    state = _decode_state(model)
+    cache = state.cache
+    in_use = state.cache_user is not None and state.cache_user() is not None  # another generation, not finished
+    if (in_use or cache is None or cache.length < length
+            or (cache.k[0].size(0), cache.k[0].dtype, cache.k[0].device) != (batch_size, dtype, device)):
+        cache = KVCache(model.config, batch_size, device, dtype, length)
+        if not in_use:
+            state.cache = cache
+    cache.pos.zero_()
+    # These tensors keep their addresses from one call to the next: a CUDA graph reads and writes
     # them in place rather than copying them in and out at every step.
     for tensor in (*cache.k, *cache.v, cache.pos, cache.key_pos, *(weights or {}).values()):
         torch._dynamo.mark_static_address(tensor)
-    compiled = torch.compile(model.decode_step, fullgraph=True, mode="reduce-overhead" if device_type == "cuda" else None)
+    if device.type not in state.compiled:
+        state.compiled[device.type] = torch.compile(model.decode_step, fullgraph=True,
+                                                    mode="reduce-overhead" if device.type == "cuda" else None)
+    compiled = state.compiled[device.type]
 
     def step(*args) -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer read
         return compiled(*args, weights).clone()  # a CUDA graph's output is overwritten when it runs again
 
-    return step
+    if cache is state.cache:
+        state.cache_user = weakref.ref(step)
+    return cache, step
 
 
 def load_model(name_or_path: str | os.PathLike) -> GPT:

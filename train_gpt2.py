@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import importlib.util
 import json
 import math
 import os
@@ -51,7 +53,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
-from fineweb import ShardError, fsync_dir, list_shards, load_shard, read_meta, write_atomic
+from fineweb import (ShardError, fraction_below_one, fsync_dir, list_shards, load_shard, non_negative_float,
+                     non_negative_int, positive_float, positive_int, read_meta, seed_int, write_atomic)
+from model import PRESETS as MODEL_PRESETS
 from model import (TRAIN_STATE_FILE, GPT, GPTConfig, decode_completion, get_tokenizer, is_complete_sharded_checkpoint,
                    read_checkpoint_state, tokenizer_from_json, vocab_sha256)
 
@@ -86,11 +90,35 @@ def synchronize(device: torch.device):
         torch.mps.synchronize()
 
 
-def autocast_context(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision elsewhere."""
+# --dtype: the precision of the matmuls under autocast. Parameters, optimizer state and the
+# residual stream stay fp32 whatever it is.
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_HELP = ("autocast precision: auto (bf16 on GPUs with compute capability 8.0 and up, fp16 with loss scaling "
+              "on older ones such as V100 and T4, fp32 on CPU and Apple silicon), bf16, fp16 or fp32")
+
+
+def choose_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype's choice. auto: bf16 where the GPU computes it natively (Ampere, compute capability
+    8.0, and later); fp16 on older GPUs (V100, T4, RTX 20xx), whose bf16 is emulated and slow; fp32
+    on CPU and MPS, where autocast saves little and fp32 is exact."""
+    if name != "auto":
+        return DTYPES[name]
     if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None = None):
+    """Autocast to dtype (None: --dtype auto's choice for the device); no autocast for fp32."""
+    dtype = choose_dtype("auto", device) if dtype is None else dtype
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -218,7 +246,7 @@ class TrainConfig:
     tokenizer: str | None = None  # the shards' tokenizer.json; None: the one their meta.json records
     log_dir: str = "log/gpt2-124m"
     total_batch: int = 524_288  # tokens per optimizer step, 2**19, about 0.5M as in GPT-3 Small
-    micro_batch: int = 64  # sequences per forward pass on each rank
+    micro_batch: int | str = "auto"  # sequences per forward pass on each rank, or "auto": the largest that fits
     seq_len: int = 1024
     max_steps: int = 19_073  # 10B tokens / 524,288 tokens per step
     stop_at_step: int | None = None  # end this launch after that step (with a checkpoint) without changing the schedule
@@ -246,7 +274,8 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept in the log dir; older ones are deleted after a successful save
     resume: str = "none"  # "auto" (newest checkpoint in log_dir, if any), "none", or a checkpoint path
     device: str | None = None  # auto: cuda, then mps, then cpu
-    compile: bool | None = None  # default: on for CUDA
+    compile: bool | None = None  # default: on for CUDA with Triton
+    dtype: str = "auto"  # autocast precision; see choose_dtype
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the ranks (FSDP2) instead of DDP
     log_every: int = 1  # console lines every N steps; metrics.jsonl gets every step
     tensorboard: bool = False  # mirror metrics.jsonl's numbers into {log_dir}/tensorboard
@@ -267,8 +296,12 @@ PRESETS = {
         micro_batch=8,
         seq_len=64,
         max_steps=100,
-        max_lr=3e-3,
-        min_lr=3e-4,
+        # Not higher: AdamW moves every weight by about the learning rate each step, 4-8% of a weight
+        # matrix's RMS at 3e-3 in this tiny model, and there the step-20 update threw it off (train
+        # loss 4.8 -> 12.8 at step 21, on every batch, not one odd batch); 1.5e-3 still gave a
+        # gradient-norm spike of 90 (results/2026-12-06_cpu_smoke_lr_spike.txt).
+        max_lr=1e-3,
+        min_lr=1e-4,
         warmup_steps=10,
         eval_every=50,
         val_steps=4,
@@ -288,7 +321,8 @@ FLAG_HELP = {
     "data": "folder of fineweb.py shards (default in a SageMaker job: $SM_CHANNEL_TRAIN)",
     "log_dir": "where metrics.jsonl, loss.png and checkpoints go (default in a SageMaker job: $SM_MODEL_DIR)",
     "total_batch": "tokens per optimizer step, summed over ranks and gradient-accumulation steps",
-    "micro_batch": "sequences per forward pass on each rank",
+    "micro_batch": "sequences per forward pass on each rank, or 'auto': the largest of 64, 32, 16, ... that fits in "
+                   "the GPU's memory (tried before step 1), with gradient accumulation making up the total batch",
     "seq_len": "tokens per sequence (at most the model's block_size)",
     "max_steps": "optimizer steps in the run; the learning-rate schedule ends there",
     "stop_at_step": "save and exit after this many steps without changing the schedule (continue with --resume auto)",
@@ -315,12 +349,53 @@ FLAG_HELP = {
     "resume": "'auto' (newest complete checkpoint in --log-dir, if there is one), 'none', or a ckpt_*.pt file or "
               "ckpt_*.dcp folder",
     "device": "cuda, cuda:N, mps or cpu (default: the best available)",
-    "compile": "torch.compile the model (default: on for CUDA)",
+    "compile": "torch.compile the model (default: on for CUDA where Triton is installed)",
+    "dtype": DTYPE_HELP,
     "fsdp": "shard parameters, gradients and optimizer state over the torchrun ranks (FSDP2) instead of replicating "
             "them (DDP), for models that do not fit otherwise; checkpoints become ckpt_*.dcp folders",
     "log_every": "print a console line every N steps",
     "tensorboard": "also write the train and eval numbers to {log_dir}/tensorboard (needs: pip install tensorboard)",
 }
+
+
+
+def micro_batch_arg(text: str) -> int | str:
+    """--micro-batch: 'auto' or a whole number of sequences, at least 1."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer of at least 1, not {text!r}") from None
+
+
+# What the numeric and named flags accept, checked by argparse before anything runs (a flag missing
+# here is a string).
+FLAG_TYPES = {
+    "micro_batch": micro_batch_arg,
+    "total_batch": positive_int,
+    "seq_len": positive_int,
+    "max_steps": positive_int,
+    "stop_at_step": positive_int,  # 0 would read as "not given" and run to the end
+    "max_lr": positive_float,
+    "min_lr": non_negative_float,
+    "warmup_steps": positive_int,
+    "beta1": fraction_below_one,
+    "beta2": fraction_below_one,
+    "eps": positive_float,
+    "weight_decay": non_negative_float,
+    "grad_clip": non_negative_float,  # 0 disables clipping
+    "seed": seed_int,
+    "eval_every": positive_int,
+    "val_steps": positive_int,
+    "hellaswag_limit": positive_int,  # --no-hellaswag, not 0, turns HellaSwag off
+    "num_samples": non_negative_int,  # 0: no text samples
+    "sample_tokens": positive_int,
+    "save_every": positive_int,
+    "keep_last": positive_int,
+    "log_every": positive_int,
+}
+FLAG_CHOICES = {"model": tuple(MODEL_PRESETS), "dtype": DTYPE_CHOICES}
 
 # A SageMaker training job names its folders in the environment: the "train" input channel (the
 # shards, uploaded from S3) and the folder uploaded back to S3 when the job ends. They replace the
@@ -336,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=FLAG_HELP[f.name])
         else:
-            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=None, help=FLAG_HELP[f.name])
+            parser.add_argument(flag, type=FLAG_TYPES.get(f.name, str), choices=FLAG_CHOICES.get(f.name), default=None,
+                                help=FLAG_HELP[f.name])
     convert = parser.add_argument_group("instead of training, convert a --fsdp checkpoint")
     convert.add_argument("--convert-checkpoint", metavar="DCP_FOLDER",
                          help="a ckpt_*.dcp folder to rewrite as one ckpt_*.pt file, a single file to copy or share "
@@ -352,6 +427,9 @@ def config_from_args(args: dict) -> TrainConfig:
     values.update(PRESETS[args["preset"]])
     values.update({name: os.environ[var] for name, var in SAGEMAKER_DEFAULTS.items() if os.environ.get(var)})
     values.update({k: v for k, v in args.items() if k in values and v is not None})
+    if values["min_lr"] > values["max_lr"]:
+        raise TrainError(f"--min-lr {values['min_lr']} is above --max-lr {values['max_lr']}: the learning rate decays "
+                         "from --max-lr down to --min-lr; lower --min-lr or raise --max-lr")
     return TrainConfig(**values)
 
 
@@ -363,27 +441,49 @@ def parse_config(argv=None) -> TrainConfig:
 class Plan:
     """Quantities derived from the config and the world size, computed and checked once."""
 
+    micro_batch: int
     grad_accum_steps: int
     tokens_per_step: int
 
 
-def make_plan(cfg: TrainConfig, world_size: int, block_size: int) -> Plan:
-    for name in ("total_batch", "micro_batch", "seq_len", "eval_every", "save_every", "val_steps", "keep_last", "log_every"):
+# --micro-batch auto tries these sizes and smaller. A CPU has no out-of-memory error to catch (the
+# kernel kills the process instead), so there it starts low.
+AUTO_MICRO_BATCH_LARGEST = {"cuda": 64, "cpu": 8, "mps": 8}
+
+
+def micro_batch_candidates(cfg: TrainConfig, world_size: int, largest: int = 64) -> list[int]:
+    """--micro-batch auto's sizes, largest first: those up to `largest` that divide each rank's share of the batch."""
+    per_rank, rest = divmod(cfg.total_batch, cfg.seq_len * world_size)
+    if rest or not per_rank:
+        raise TrainError(f"--total-batch {cfg.total_batch} is not a multiple of --seq-len {cfg.seq_len} x {world_size} "
+                         f"processes = {cfg.seq_len * world_size}; change one of those flags")
+    return [size for size in range(min(largest, per_rank), 0, -1) if per_rank % size == 0]
+
+
+def make_plan(cfg: TrainConfig, world_size: int, block_size: int, micro_batch: int | None = None) -> Plan:
+    """The plan for micro_batch sequences per forward pass (default: --micro-batch, or with auto the
+    largest size it will try; fit_micro_batch may choose a smaller one, and the plan is made again)."""
+    for name in ("total_batch", "seq_len", "eval_every", "save_every", "val_steps", "keep_last", "log_every"):
         if getattr(cfg, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(cfg, name)}")
-    tokens_per_micro_step = cfg.micro_batch * cfg.seq_len * world_size
+    if micro_batch is None:
+        micro_batch = micro_batch_candidates(cfg, world_size)[0] if cfg.micro_batch == "auto" else cfg.micro_batch
+    if micro_batch < 1:
+        raise TrainError(f"--micro-batch must be at least 1, not {micro_batch} (or auto)")
+    tokens_per_micro_step = micro_batch * cfg.seq_len * world_size
     if cfg.total_batch % tokens_per_micro_step != 0:
         fit = cfg.total_batch // (cfg.seq_len * world_size)  # the micro-batch that needs no accumulation
         hint = f" (--micro-batch {fit} fits)" if fit >= 1 and fit * cfg.seq_len * world_size == cfg.total_batch else ""
         raise TrainError(
-            f"--total-batch {cfg.total_batch} is not a multiple of --micro-batch {cfg.micro_batch} x --seq-len "
+            f"--total-batch {cfg.total_batch} is not a multiple of --micro-batch {micro_batch} x --seq-len "
             f"{cfg.seq_len} x {world_size} processes = {tokens_per_micro_step}; change one of those flags{hint}"
         )
     if cfg.seq_len > block_size:
         raise TrainError(f"--seq-len {cfg.seq_len} exceeds the {cfg.model} model's block_size {block_size}")
     if not 0 < cfg.warmup_steps < cfg.max_steps:
         raise TrainError(f"--warmup-steps {cfg.warmup_steps} must be between 1 and --max-steps {cfg.max_steps} - 1")
-    return Plan(grad_accum_steps=cfg.total_batch // tokens_per_micro_step, tokens_per_step=cfg.total_batch)
+    return Plan(micro_batch=micro_batch, grad_accum_steps=cfg.total_batch // tokens_per_micro_step,
+                tokens_per_step=cfg.total_batch)
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -483,12 +583,73 @@ class DataLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
+class DeviceBatches:
+    """The loader's micro-batches on the device, each gathered while the GPU computes the one before.
+
+    take() hands out the prefetched batch; prefetch(), called once a micro-step's work is queued,
+    gathers the next on the host (window reads, np.stack) into pinned memory and starts its copy,
+    so the GPU does not wait for the host between steps. state_dict() is the loader's position
+    before the batch held in reserve: a checkpoint resumes at the first batch not trained on.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+        self._next, self._state_before_next = None, None
+
+    def prefetch(self):
+        if self._next is None:
+            self._state_before_next = self.loader.state_dict()
+            x, y = self.loader.next_batch()
+            if self.device.type == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
+            self._next = (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.prefetch()
+        batch, self._next = self._next, None
+        return batch
+
+    def state_dict(self) -> dict:
+        return self._state_before_next if self._next is not None else self.loader.state_dict()
+
+
 # -----------------------------------------------------------------------------
 # Logs: metrics.jsonl is append-only (a resumed run adds to it) and the plot is drawn from it.
 
-# Peak dense bf16 tensor-core FLOP/s, for MFU. Unknown devices get no MFU rather than a guess.
-# Checked in order, so the PCIe and NVL variants of the H100 match before the SXM part.
-PEAK_BF16_FLOPS = {"A100": 312e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12}
+# Peak dense tensor-core FLOP/s of bf16 matmuls with fp32 accumulation (what autocast's matmuls
+# do), for MFU; each GPU's fp16 peak is the same, so one table serves both. NVIDIA's data sheets
+# print 2:4-sparse figures with an asterisk: those are halved here. GeForce cards accumulate in
+# fp32 at half the fp16-accumulate rate their whitepapers headline, and the fp32-accumulate rate is
+# the one used. Matched by substring of torch.cuda.get_device_name(), first match wins, so a key
+# contained in another comes after it (GB200/B200, H100 PCIe/H100, A100/A10G/A10, L40S/L40/L4).
+# Unknown devices get no MFU rather than a guess. Sources, by document name:
+PEAK_BF16_FLOPS = {
+    "GB200": 5e15 / 2,  # NVIDIA GB200 NVL72 data sheet: FP16/BF16 Tensor Core 5 PFLOPS* per GPU
+    "B200": 4.5e15 / 2,  # NVIDIA DGX B200 / HGX B200 data sheet: 4.5 PFLOPS* per GPU
+    "GH200": 989e12,  # NVIDIA GH200 Grace Hopper Superchip data sheet: 1,979 TFLOPS*, as the H100 SXM
+    "H200 NVL": 1671e12 / 2,  # NVIDIA H200 Tensor Core GPU data sheet: NVL 1,671 TFLOPS*
+    "H200": 989e12,  # same data sheet: SXM 1,979 TFLOPS*
+    "H100 PCIe": 1513e12 / 2,  # NVIDIA H100 Tensor Core GPU data sheet: PCIe 1,513 TFLOPS*
+    "H100 NVL": 1671e12 / 2,  # same data sheet: NVL 1,671 TFLOPS*
+    "H100": 989e12,  # same data sheet: SXM 1,979 TFLOPS* (H100 whitepaper: 989.4 dense)
+    "A100": 312e12,  # NVIDIA A100 Tensor Core GPU data sheet: 312 | 624* TFLOPS, 40 and 80 GB, SXM and PCIe
+    "A10G": None,  # AWS's variant of the A10: no NVIDIA data sheet, and published figures disagree
+    "A10": 125e12,  # NVIDIA A10 Tensor Core GPU data sheet: 125 | 250* TFLOPS
+    "L40S": 362.05e12,  # NVIDIA L40S data sheet: 362.05 | 733* TFLOPS
+    "L40": 181.05e12,  # NVIDIA L40 data sheet: 181.05 | 362.1* TFLOPS
+    "L4": 242e12 / 2,  # NVIDIA L4 Tensor Core GPU data sheet: 242 TFLOPS*
+    "RTX A6000": 154.8e12,  # NVIDIA Ampere GA102 GPU Architecture whitepaper, appendix: fp32 accumulate at full rate
+    "RTX 5090": 209.5e12,  # NVIDIA RTX Blackwell GPU Architecture whitepaper, appendix: fp32 accumulate 209.5 | 419*
+    "RTX 4090": 165.2e12,  # NVIDIA Ada GPU Architecture whitepaper, appendix: fp32 accumulate 165.2 | 330.4* (fp16: 330.3)
+    "RTX 3090": 71e12,  # NVIDIA Ampere GA102 whitepaper, appendix: fp32 accumulate 71 | 142* (fp16 accumulate: 142)
+}
+# GPUs without bf16 tensor cores (compute capability < 8.0; --dtype auto picks fp16 there): fp16 peaks.
+PEAK_FP16_ONLY_FLOPS = {
+    "V100S": 130e12,  # NVIDIA V100S data sheet: Tensor Performance 130 TFLOPS
+    "V100-PCIE": 112e12,  # NVIDIA V100 Tensor Core GPU data sheet: PCIe 112 TFLOPS
+    "V100": 125e12,  # same data sheet: SXM2 125 TFLOPS
+    "Tesla T4": 65e12,  # NVIDIA T4 data sheet: Mixed Precision (FP16/FP32) 65 TFLOPS
+}
 # GPT-2 124M reference lines for the plot: the OpenAI checkpoint's HellaSwag acc_norm with
 # hellaswag.py's scoring, and its validation loss on FineWeb-Edu's first 100M-token shard as
 # build-nanogpt measured it.
@@ -496,11 +657,20 @@ GPT2_124M_HELLASWAG = 0.2955
 GPT2_124M_VAL_LOSS = 3.2924
 
 
-def peak_flops(device: torch.device) -> float | None:
+def peak_flops(device: torch.device, dtype: torch.dtype | None = None) -> float | None:
+    """The device's peak dense FLOP/s for dtype's matmuls (None: --dtype auto's choice), or None
+    where there is none to measure against: a CPU or MPS, an unlisted GPU, fp32 (TF32's peak is
+    another figure), or bf16 on a GPU that only emulates it."""
     if device.type != "cuda":
         return None
+    dtype = choose_dtype("auto", device) if dtype is None else dtype
+    tables = {torch.bfloat16: [PEAK_BF16_FLOPS], torch.float16: [PEAK_BF16_FLOPS, PEAK_FP16_ONLY_FLOPS]}.get(dtype, [])
     name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    for table in tables:
+        key = next((key for key in table if key in name), None)
+        if key is not None:
+            return table[key]
+    return None
 
 
 def device_name(device: torch.device) -> str:
@@ -560,7 +730,9 @@ def latest_per_step(records: list[dict], record_type: str) -> list[dict]:
 
 
 def plot_metrics(log_dir: Path) -> Path:
-    """Redraw {log_dir}/loss.png from metrics.jsonl: losses on the left, HellaSwag on the right."""
+    """Redraw {log_dir}/loss.png from metrics.jsonl: losses on the left, HellaSwag on the right. A
+    run without HellaSwag scores (--no-hellaswag, or its data could not be had) gets the loss panel
+    alone rather than an empty one."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a GPU node
@@ -569,7 +741,9 @@ def plot_metrics(log_dir: Path) -> Path:
     records = read_metrics(log_dir / "metrics.jsonl")
     train = latest_per_step(records, "train")
     evals = latest_per_step(records, "eval")
-    fig, (ax_loss, ax_hs) = plt.subplots(1, 2, figsize=(14, 5))
+    hs = [r for r in evals if r.get("hellaswag_acc_norm") is not None]
+    fig, axes = plt.subplots(1, 2 if hs else 1, figsize=(14 if hs else 7, 5), squeeze=False)
+    ax_loss = axes[0][0]
     ax_loss.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss", lw=0.8, alpha=0.7)
     val = [r for r in evals if r.get("val_loss") is not None]
     ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss", ms=3)
@@ -580,12 +754,13 @@ def plot_metrics(log_dir: Path) -> Path:
     if train:
         ax_loss.set_ylim(top=min(max(r["train_loss"] for r in train), 12.0) + 0.2)
     ax_loss.legend()
-    hs = [r for r in evals if r.get("hellaswag_acc_norm") is not None]
-    ax_hs.plot([r["step"] for r in hs], [r["hellaswag_acc_norm"] for r in hs], "o-", label="HellaSwag acc_norm", ms=3)
-    ax_hs.axhline(GPT2_124M_HELLASWAG, color="r", ls="--", label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
-    ax_hs.axhline(0.25, color="gray", ls=":", label="chance (0.25)")
-    ax_hs.set(xlabel="step", ylabel="accuracy", title="HellaSwag")
-    ax_hs.legend()
+    if hs:
+        ax_hs = axes[0][1]
+        ax_hs.plot([r["step"] for r in hs], [r["hellaswag_acc_norm"] for r in hs], "o-", label="HellaSwag acc_norm", ms=3)
+        ax_hs.axhline(GPT2_124M_HELLASWAG, color="r", ls="--", label=f"OpenAI GPT-2 124M ({GPT2_124M_HELLASWAG})")
+        ax_hs.axhline(0.25, color="gray", ls=":", label="chance (0.25)")
+        ax_hs.set(xlabel="step", ylabel="accuracy", title="HellaSwag")
+        ax_hs.legend()
     fig.tight_layout()
     out = log_dir / "loss.png"
     tmp = out.with_name("loss.tmp.png")
@@ -854,18 +1029,185 @@ class StopSignals:
 
 
 # -----------------------------------------------------------------------------
+# Fitting the run to the hardware, once, before step 1: compile, loss scaling, the micro-batch
+
+
+def choose_compile(flag: bool | None, device: torch.device) -> tuple[bool, str | None]:
+    """--compile's choice, and a line saying why when the default turned it off. The default is on
+    only where inductor makes GPU kernels: CUDA with Triton installed (it is not on Windows, and
+    not in some CUDA builds of torch)."""
+    if flag is not None:
+        return flag, None
+    if device.type != "cuda":
+        return False, f"torch.compile is off on {device.type}: it gains little there for its minutes of compiling; --compile forces it"
+    if importlib.util.find_spec("triton") is None:
+        return False, ("torch.compile is off: Triton, which it compiles GPU kernels with, is not installed (pip install "
+                       "triton; on Windows triton-windows); --compile forces it")
+    return True, None
+
+
+def make_grad_scaler(dtype: torch.dtype, device: torch.device, sharded: bool):
+    """Loss scaling for fp16, whose small gradients underflow to zero otherwise; the scaler skips
+    a step whose gradients overflowed and lowers the scale. bf16 and fp32 need none: a disabled
+    scaler passes everything through unchanged. FSDP's scaler agrees on overflow across the ranks,
+    each of which sees only its shard of the gradients."""
+    enabled = dtype == torch.float16
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type, enabled=enabled)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def is_out_of_memory(error: BaseException | None) -> bool:
+    """An out-of-memory error, raised directly or wrapped (torch.compile wraps errors of its own runs)."""
+    while error is not None:
+        if isinstance(error, torch.OutOfMemoryError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def run_micro_step(model, micro_batch: int, seq_len: int, device: torch.device, dtype: torch.dtype):
+    """One training micro-step, forward and backward as the run computes them, on a batch of zeros.
+    What fit_micro_batch tries at each size (tests replace it to run out of memory above a size)."""
+    x = torch.zeros((micro_batch, seq_len), dtype=torch.long, device=device)
+    with autocast_context(device, dtype):
+        _, loss = model(x, x)
+    loss.backward()
+
+
+def micro_step_fits(model, micro_batch: int, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
+                    reserve_bytes: int) -> bool:
+    """Whether a micro-step of this size fits beside reserve_bytes (the optimizer state and DDP's
+    gradient buckets, allocated only at the first real step). Memory is freed after the try."""
+    fits, reserve = True, None
+    try:
+        if device.type == "cuda":
+            reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=device)
+        run_micro_step(model, micro_batch, cfg.seq_len, device, dtype)
+        synchronize(device)
+    except Exception as e:  # noqa: BLE001  (anything else is raised again below)
+        if not is_out_of_memory(e):
+            raise
+        fits = False
+    del reserve
+    model.zero_grad(set_to_none=True)
+    gc.collect()  # the failed try's tensors, held by its traceback until now
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return fits
+
+
+def fit_micro_batch(model, cfg: TrainConfig, candidates: list[int], device: torch.device, dtype: torch.dtype,
+                    reserve_bytes: int, use_compile: bool) -> int:
+    """The largest candidate whose micro-step fits on this rank (halving after each that did not),
+    agreed by all ranks: the smallest of their choices. Also runs the first compile, so that a
+    compiler that cannot work here stops the run now, in one line, not after the first evaluation."""
+    fitted, tried_below = 0, math.inf
+    for size in candidates:
+        if size > tried_below // 2:
+            continue
+        try:
+            fits = micro_step_fits(model, size, cfg, device, dtype, reserve_bytes)
+        except Exception as e:  # noqa: BLE001
+            from torch._dynamo.exc import TorchDynamoException
+            from torch._inductor.exc import InductorError
+
+            if use_compile and isinstance(e, (TorchDynamoException, InductorError)):
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise TrainError(f"torch.compile failed at the first step ({type(e).__name__}: {first_line[:300]}); "
+                                 "run again with --no-compile") from None
+            raise
+        if fits:
+            fitted = size
+            break
+        tried_below = size
+    if dist.is_available() and dist.is_initialized():
+        agreed = torch.tensor([fitted], device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        fitted = int(agreed.item())
+    return fitted
+
+
+def memory_text(device: torch.device) -> str:
+    """'this 24 GB GPU', for the messages about fitting."""
+    if device.type != "cuda":
+        return f"this {device.type}"
+    return f"this {torch.cuda.get_device_properties(device).total_memory / 1e9:.0f} GB GPU"
+
+
+def choose_micro_batch(model, cfg: TrainConfig, dist_info: Distributed, device: torch.device, dtype: torch.dtype,
+                       reserve_bytes: int, use_compile: bool) -> int:
+    """--micro-batch auto's choice, or the size given, after checking that it fits."""
+    auto = cfg.micro_batch == "auto"
+    largest = AUTO_MICRO_BATCH_LARGEST.get(device.type, 8)
+    candidates = micro_batch_candidates(cfg, dist_info.world_size, largest) if auto else [cfg.micro_batch]
+    size = fit_micro_batch(model, cfg, candidates, device, dtype, reserve_bytes, use_compile)
+    if size == 0 and auto:
+        raise TrainError(f"not even micro-batch 1 x {cfg.seq_len} fits {memory_text(device)} beside the optimizer state: "
+                         f"use a smaller --seq-len, --fsdp to shard the model over several GPUs, or a smaller --model")
+    if size == 0:
+        raise TrainError(f"--micro-batch {cfg.micro_batch} x {cfg.seq_len} does not fit {memory_text(device)} beside the "
+                         "optimizer state: pass a smaller --micro-batch, or --micro-batch auto to find the largest that fits")
+    return size
+
+
+@contextlib.contextmanager
+def out_of_memory_stop(what: str, hint: str, log_dir: Path):
+    """Turn an out-of-memory error (a longer evaluation, fragmentation late in a run) into one line
+    naming the flag to lower and the checkpoint to continue from, which the error left untouched."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001
+        if not is_out_of_memory(e):
+            raise
+        newest = resumable_checkpoints(log_dir)
+        resume = f"continue from {newest[-1]} with --resume auto" if newest else "no checkpoint was saved yet"
+        raise TrainError(f"out of memory {what}: {hint}; {resume}") from None
+
+
+def check_finite(step: int, loss: float, grad_norm: float, scaler, log_dir: Path, master: bool) -> bool:
+    """Stop on a non-finite loss, or on a non-finite gradient norm unless fp16's loss scaler skipped
+    that step (an overflow of the scaled gradients, which it answers by lowering the scale). Returns
+    whether the step was skipped. The run stops without saving: the last good checkpoint stays."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return False
+    if math.isfinite(loss) and scaler.is_enabled():
+        return True
+    newest = resumable_checkpoints(log_dir)
+    if master:  # read by choose_checkpoint when torchrun restarts the workers
+        failure = {"step": step, "loss": loss, "grad_norm": grad_norm, "newest_checkpoint": newest[-1].name if newest else None}
+        (log_dir / NONFINITE_FILE).write_text(json.dumps(failure) + "\n")
+    raise TrainError(
+        f"step {step}: the loss is {loss} and the gradient norm {grad_norm}; stopped without saving, so the last good "
+        f"checkpoint ({newest[-1] if newest else 'none yet'}) is untouched. Lower --max-lr or check the data"
+    )
+
+
+def load_grad_scaler_state(scaler, checkpoint: dict, print0):
+    """The loss scale a checkpoint's fp16 run had reached, so that the resumed run continues exactly."""
+    saved = checkpoint.get("grad_scaler")
+    if scaler.is_enabled() and saved:
+        scaler.load_state_dict(saved)
+    elif scaler.is_enabled() or saved:
+        print0(f"note: the checkpoint's run had --dtype {checkpoint['config'].get('dtype', 'auto')}; the loss scaling "
+               f"of this {'fp16 ' if scaler.is_enabled() else ''}run starts fresh")
+
+
+# -----------------------------------------------------------------------------
 # Evaluation while training
 
 
 @torch.no_grad()
-def evaluate_val_loss(model, loader: DataLoader, steps: int, device: torch.device) -> float:
+def evaluate_val_loss(model, loader: DataLoader, steps: int, device: torch.device, dtype: torch.dtype | None = None) -> float:
     """Mean loss over `steps` validation micro-batches per rank, averaged over ranks; the same batches each time."""
     model.eval()
     loader.reset()
     total = 0.0
     for _ in range(steps):
         x, y = loader.next_batch()
-        with autocast_context(device):
+        with autocast_context(device, dtype):
             _, loss = model(x.to(device), y.to(device))
         total += loss.item()
     model.train()
@@ -892,17 +1234,19 @@ def data_tokenizer(cfg: TrainConfig):
     return enc, None if path is None else Path(path).read_text(encoding="utf-8")
 
 
-def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device, enc) -> list[str]:
+def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device, enc, dtype: torch.dtype | None = None) -> list[str]:
     """A few sampled continuations of the sample prompt, seeded so runs can be compared.
 
     Under FSDP every rank calls this (each forward all-gathers the weights), and generation runs to
     sample_tokens without stopping early at <|endoftext|>, so that all ranks make the same number of
     forward passes whatever they sample; the text is cut at <|endoftext|> all the same.
     """
+    if cfg.num_samples == 0:  # on every rank alike, so FSDP's ranks still make the same forward passes
+        return []
     prompt = torch.tensor([enc.encode_ordinary(cfg.sample_prompt)] * cfg.num_samples, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     raw_model.eval()
-    with autocast_context(device):
+    with autocast_context(device, dtype):
         out = raw_model.generate(prompt, cfg.sample_tokens, stop_token=None if cfg.fsdp else enc.eot_token, top_k=50,
                                  generator=generator)
     raw_model.train()
@@ -967,21 +1311,39 @@ def check_restartable_launch():
                          "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, then launch torchrun again")
 
 
-def shard_model(model: GPT, device: torch.device):
+def shard_model(model: GPT, dtype: torch.dtype):
     """FSDP2: each transformer block is one unit whose weights are all-gathered just before its
     forward (and backward) and freed after, so only one block is ever whole on a GPU; the root unit
-    holds the embeddings (tied to the output layer) and the final LayerNorm."""
+    holds the embeddings (tied to the output layer) and the final norm.
+
+    `dtype` is the run's autocast dtype. Under bf16 the sharded model computes what DDP computes
+    under autocast, with the same roundings: the weights autocast casts to bf16 (the Linear
+    layers') are all-gathered in bf16, half the traffic of fp32, and what autocast keeps in fp32
+    stays fp32.
+    Every forward pass must then run under bf16 autocast (a Linear layer's bf16 weight does not
+    take an fp32 input). Master weights, gradient reductions and the optimizer are fp32 always.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    # On GPUs, weights are gathered in bf16 (half the traffic of fp32) and gradients reduced in fp32,
-    # torchtitan's default; the sharded master weights and the optimizer stay fp32.
-    if device.type == "cuda":
-        precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    else:
-        precision = MixedPrecisionPolicy()
+    fp32 = MixedPrecisionPolicy()
+    # fp16 (older GPUs, with a GradScaler) keeps fp32 parameters, which autocast casts as under
+    # DDP: the loss scale is then the only fp16 machinery, as in a DDP run.
+    bf16_weights = dtype == torch.bfloat16
+    blocks = fp32
+    if bf16_weights:
+        # cast_forward_inputs=False: FSDP's default would cast each block's input, the residual
+        # stream, to bf16; autocast keeps it fp32 (fp32 + a bf16 branch output is fp32).
+        blocks = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in model.transformer.h:
-        fully_shard(block, mp_policy=precision)
-    fully_shard(model, mp_policy=precision)
+        if bf16_weights:
+            # The norms' gains and biases stay fp32, as autocast leaves them: in bf16 they would
+            # be rounded to steps of 1/128 near 1, and CPU autocast would not cast them back. One small
+            # all-gather per block for both.
+            fully_shard([block.ln_1, block.ln_2], mp_policy=fp32)
+        fully_shard(block, mp_policy=blocks)
+    # The root stays fp32: the embedding's output, where the residual stream starts, is fp32 as
+    # under DDP, and autocast casts the tied output layer's weight to bf16 for its matmul.
+    fully_shard(model, mp_policy=fp32)
     # FSDP warns when a root returns a view; GPT returns logits[..., :vocab_size] (a view, when the
     # vocabulary is padded) and training backpropagates through the loss only, never the logits.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -1019,15 +1381,36 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             raise TrainError(f"{resume_path} was trained with another tokenizer than {cfg.data}'s ({enc.name}): "
                              "resume on the data it was trained on")
 
+    if cfg.fsdp and cfg.micro_batch == "auto":
+        raise TrainError("--micro-batch auto does not work with --fsdp yet (a rank running out of memory in a try would "
+                         "leave the others waiting for it): pass --micro-batch N")
+    for split in ("train", "val"):
+        list_shards(cfg.data, split)  # a wrong --data fails now, not after the first compile
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the matmuls that autocast leaves in fp32
-    train_loader = DataLoader(cfg.data, "train", cfg.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=True)
-    val_loader = DataLoader(cfg.data, "val", cfg.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=False)
+    dtype = choose_dtype(cfg.dtype, device)
+    use_compile, compile_note = choose_compile(cfg.compile, device)
+    if compile_note:
+        print0(compile_note)
     raw_model = GPT(model_config, seed=cfg.seed).to(device)
     num_params, flops_per_token = raw_model.num_params(), raw_model.flops_per_token(cfg.seq_len)
     if cfg.fsdp:
         shard_model(raw_model, device)  # before the optimizer is built: it must hold the sharded parameters
+    # dynamic=False: each micro-batch size fit_micro_batch tries gets a graph of its own, and the one
+    # that fits is the one training runs, not a slower graph generalised over batch sizes.
+    model = torch.compile(raw_model, dynamic=False) if use_compile else raw_model
+    if not cfg.fsdp:  # sharded, every micro-step waits on the other ranks: a rank's failed try would hang them
+        # AdamW's two moments and DDP's gradient buckets (fp32, one number per parameter each) are
+        # allocated at the first real step: the tries leave room for them.
+        reserve_bytes = 4 * sum(p.numel() for p in raw_model.parameters()) * (2 + dist_info.enabled)
+        micro_batch = choose_micro_batch(model, cfg, dist_info, device, dtype, reserve_bytes, use_compile)
+        plan = make_plan(cfg, dist_info.world_size, model_config.block_size, micro_batch)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, (cfg.beta1, cfg.beta2), cfg.eps, device.type)
+    scaler = make_grad_scaler(dtype, device, sharded=cfg.fsdp)
+    train_loader = DataLoader(cfg.data, "train", plan.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=True)
+    # Validation reads the same windows for the whole run, also after a resume that fits another micro-batch.
+    val_micro_batch = checkpoint.get("val_micro_batch", checkpoint["config"]["micro_batch"]) if checkpoint else plan.micro_batch
+    val_loader = DataLoader(cfg.data, "val", val_micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=False)
     start_step, tokens_seen = 0, 0
     torch.manual_seed(cfg.seed + dist_info.rank)  # dropout masks differ between ranks
     if checkpoint:
@@ -1039,6 +1422,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             raw_model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
         train_loader.load_state_dict(checkpoint["train_loader"])
+        load_grad_scaler_state(scaler, checkpoint, print0)
         start_step, tokens_seen = checkpoint["step"], checkpoint["tokens_seen"]
         rng_states = checkpoint["rng"]
         if len(rng_states) == dist_info.world_size:
@@ -1050,15 +1434,13 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         if changed:
             print0(f"note: flags differ from the checkpoint's (was, now): {changed}")
 
-    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    model = torch.compile(raw_model) if use_compile else raw_model
     eval_model = model  # compiled but not DDP-wrapped: evaluation needs no gradient sync
     if dist_info.enabled and not cfg.fsdp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     examples = hellaswag_examples(cfg, dist_info, device)
 
     metrics = MetricsLog(log_dir)
-    peak = peak_flops(device)
+    peak = peak_flops(device, dtype)
     if master:
         log_dir.mkdir(parents=True, exist_ok=True)
         for partial in remove_partial_checkpoints(log_dir):
@@ -1068,25 +1450,31 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         header = dict(
             config=asdict(cfg), model_config=model_config.to_dict(), git_commit=git_commit(), torch=torch.__version__,
             python=platform.python_version(), numpy=np.__version__, device=device_name(device), world_size=dist_info.world_size,
-            grad_accum_steps=plan.grad_accum_steps, num_params=num_params, compile=use_compile,
+            grad_accum_steps=plan.grad_accum_steps, micro_batch=plan.micro_batch, dtype=dtype_name(dtype),
+            num_params=num_params, compile=use_compile,
             resumed_from=str(resume_path) if resume_path else None, start_step=start_step,
             # torchrun counts the times it restarted the workers (--max-restarts) in this variable.
             restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
         )
         metrics.write("header", **header)
         print0(json.dumps(header, indent=1))
-        print0(f"total batch {cfg.total_batch:,} tokens = {cfg.micro_batch} x {cfg.seq_len} x {dist_info.world_size} ranks "
-               f"x {plan.grad_accum_steps} accumulation steps")
+        if cfg.micro_batch == "auto":
+            print0(f"micro-batch {plan.micro_batch} x {cfg.seq_len} fits {memory_text(device)}; "
+                   f"{plan.grad_accum_steps} accumulation steps")
+        print0(f"total batch {cfg.total_batch:,} tokens = {plan.micro_batch} x {cfg.seq_len} x {dist_info.world_size} ranks "
+               f"x {plan.grad_accum_steps} accumulation steps, {dtype_name(dtype)}")
 
     def evaluate(step: int) -> dict:
-        val_loss = evaluate_val_loss(eval_model, val_loader, cfg.val_steps, device)
-        record = {"step": step, "val_loss": val_loss, "hellaswag_acc_norm": None, "hellaswag_acc": None}
-        if examples:
-            with autocast_context(device):
-                result = hellaswag.evaluate(raw_model, examples, device, rank=dist_info.rank,
-                                            world_size=dist_info.world_size, enc=enc)
-            record.update(hellaswag_acc_norm=result.acc_norm, hellaswag_acc=result.acc, hellaswag_n=result.n)
-        samples = text_samples(raw_model, cfg, device, enc) if master or cfg.fsdp else []
+        with out_of_memory_stop(f"evaluating at step {step}", f"lower --micro-batch (now {plan.micro_batch}; validation "
+                                "batches have its size), or pass --no-hellaswag", log_dir):
+            val_loss = evaluate_val_loss(eval_model, val_loader, cfg.val_steps, device, dtype)
+            record = {"step": step, "val_loss": val_loss, "hellaswag_acc_norm": None, "hellaswag_acc": None}
+            if examples:
+                with autocast_context(device, dtype):
+                    result = hellaswag.evaluate(raw_model, examples, device, rank=dist_info.rank,
+                                                world_size=dist_info.world_size, enc=enc)
+                record.update(hellaswag_acc_norm=result.acc_norm, hellaswag_acc=result.acc, hellaswag_n=result.n)
+            samples = text_samples(raw_model, cfg, device, enc, dtype) if master or cfg.fsdp else []
         if master:
             metrics.write("eval", **record)
             hs = "" if record["hellaswag_acc_norm"] is None else f" | hellaswag acc_norm {record['hellaswag_acc_norm']:.4f}"
@@ -1105,8 +1493,9 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             rng_states = [rng_state()]
         train_state = {
             "format_version": 1, "model_config": model_config.to_dict(), "step": step, "tokens_seen": tokens_seen,
-            "train_loader": train_loader.state_dict(), "rng": rng_states, "config": asdict(cfg),
+            "train_loader": batches.state_dict(), "rng": rng_states, "config": asdict(cfg),
             "val_loss": last_eval.get("val_loss"), "tokenizer_json": tokenizer_json,
+            "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None, "val_micro_batch": val_loader.micro_batch,
         }
         t0 = time.perf_counter()
         if cfg.fsdp:
@@ -1124,26 +1513,28 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
 
     last_eval = evaluate(0) if start_step == 0 else {}
     end_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+    batches = DeviceBatches(train_loader, device)
     train_losses, stopped_by = [], None
     for step in range(start_step, end_step):
         t0 = time.perf_counter()
         model.train()
         optimizer.zero_grad(set_to_none=True)
         loss_accum = torch.zeros((), device=device)
-        for micro_step in range(plan.grad_accum_steps):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # DDP all-reduces gradients in backward(); only the last micro-step needs it. FSDP
-            # reduce-scatters them at every micro-step, which keeps only a shard of them in memory.
-            last_micro_step = micro_step == plan.grad_accum_steps - 1
-            sync_context = model.no_sync() if isinstance(model, DDP) and not last_micro_step else contextlib.nullcontext()
-            with sync_context:
-                with autocast_context(device):
-                    _, loss = model(x, y)
-                # The mean over the whole batch, not the sum of per-micro-batch means.
-                loss = loss / plan.grad_accum_steps
-                loss_accum += loss.detach()
-                loss.backward()
+        with out_of_memory_stop(f"in step {step + 1}", f"lower --micro-batch (now {plan.micro_batch})", log_dir):
+            for micro_step in range(plan.grad_accum_steps):
+                x, y = batches.take()
+                # DDP all-reduces gradients in backward(); only the last micro-step needs it. FSDP
+                # reduce-scatters them at every micro-step, which keeps only a shard of them in memory.
+                last_micro_step = micro_step == plan.grad_accum_steps - 1
+                sync_context = model.no_sync() if isinstance(model, DDP) and not last_micro_step else contextlib.nullcontext()
+                with sync_context:
+                    with autocast_context(device, dtype):
+                        _, loss = model(x, y)
+                    # The mean over the whole batch, not the sum of per-micro-batch means.
+                    loss = loss / plan.grad_accum_steps
+                    loss_accum += loss.detach()
+                    scaler.scale(loss).backward()
+                batches.prefetch()  # the host gathers the next batch while the GPU computes this one
         stop_flag = torch.tensor(float(stop_signals.received is not None), device=device)
         if dist_info.enabled:
             # The stop flag rides in the loss's all-reduce: every rank learns whether any rank was
@@ -1151,25 +1542,18 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             reduced = torch.stack([loss_accum, stop_flag])
             dist.all_reduce(reduced, op=dist.ReduceOp.SUM)  # gloo has no AVG
             loss_accum, stop_flag = reduced[0] / dist_info.world_size, reduced[1]
+        scaler.unscale_(optimizer)  # clipping and the logged norm see the true gradients, not fp16's scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP, replicated on every rank
             grad_norm = grad_norm.full_tensor()
-        loss_value, grad_norm_value = loss_accum.item(), grad_norm.item()
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm_value)):
-            newest = resumable_checkpoints(log_dir)
-            if master:  # read by choose_checkpoint when torchrun restarts the workers
-                failure = {"step": step + 1, "loss": loss_value, "grad_norm": grad_norm_value,
-                           "newest_checkpoint": newest[-1].name if newest else None}
-                (log_dir / NONFINITE_FILE).write_text(json.dumps(failure) + "\n")
-            raise TrainError(
-                f"step {step + 1}: the loss is {loss_value} and the gradient norm {grad_norm_value}; stopped without "
-                f"saving, so the last good checkpoint ({newest[-1] if newest else 'none yet'}) is untouched. Lower "
-                "--max-lr or check the data"
-            )
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizer.step()
+        scaler.step(optimizer)  # under fp16, skipped when a gradient overflowed
+        scaler.update()
+        # Read only now, so the GPU never waits for the host between the backward pass and the update.
+        loss_value, grad_norm_value = loss_accum.item(), grad_norm.item()
+        skipped = check_finite(step + 1, loss_value, grad_norm_value, scaler, log_dir, master)
         synchronize(device)
         dt = time.perf_counter() - t0
         tokens_seen += plan.tokens_per_step
@@ -1178,12 +1562,14 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         completed = step + 1
         train_losses.append(loss_value)
         if master:
+            scaling = {"loss_scale": scaler.get_scale(), "skipped": skipped} if scaler.is_enabled() else {}
             metrics.write("train", step=completed, train_loss=loss_value, lr=lr, grad_norm=grad_norm_value,
-                          dt_ms=dt * 1000, tokens_per_s=tokens_per_s, mfu=mfu, tokens_seen=tokens_seen)
-            if completed % cfg.log_every == 0 or completed == end_step:
+                          dt_ms=dt * 1000, tokens_per_s=tokens_per_s, mfu=mfu, tokens_seen=tokens_seen, **scaling)
+            if completed % cfg.log_every == 0 or completed == end_step or skipped:
                 mfu_text = f" | mfu {mfu:.1%}" if mfu is not None else ""
+                skip_text = " | skipped: fp16 gradients overflowed, loss scale lowered" if skipped else ""
                 print0(f"step {completed:5d}/{cfg.max_steps} | loss {loss_value:.6f} | lr {lr:.4e} | norm {grad_norm_value:.4f} "
-                       f"| dt {dt * 1000:.1f}ms | tok/s {tokens_per_s:,.0f}{mfu_text}")
+                       f"| dt {dt * 1000:.1f}ms | tok/s {tokens_per_s:,.0f}{mfu_text}{skip_text}")
         if stop_flag.item() > 0 and completed < end_step:
             # No evaluation first: after a preemption notice the time left is short (torchrun
             # waits --shutdown-timeout, 30 s by default, before SIGKILL), and the checkpoint matters.

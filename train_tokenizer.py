@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fineweb import SOURCES, FinewebConfig, ShardError, download_tinyshakespeare, make_plan, write_atomic
+from fineweb import SOURCES, FinewebConfig, ShardError, download_tinyshakespeare, int_range, make_plan, positive_int, write_atomic
 from model import EOT_TEXT, tokenizer_from_json
 
 # 256 single bytes and <|endoftext|> come first; fineweb.py stores ids as uint16.
@@ -72,13 +72,6 @@ def limited_texts(documents: Iterator[tuple[str, int]], max_chars: int | None, c
 def train(config: TokenizerConfig) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if not MIN_VOCAB_SIZE < config.vocab_size <= MAX_VOCAB_SIZE:
-        raise TokenizerError(
-            f"--vocab-size {config.vocab_size} must be more than {MIN_VOCAB_SIZE} (the 256 bytes and {EOT_TEXT}) "
-            f"and at most {MAX_VOCAB_SIZE} (fineweb.py's shards hold uint16 token ids)"
-        )
-    if config.max_chars is not None and config.max_chars < 1:
-        raise TokenizerError(f"--max-chars must be at least 1, not {config.max_chars}")
     if config.dataset and config.input:
         raise TokenizerError("pass only one of --dataset and --input")
     # Its output is a file, not fineweb.py's folder, so no folder is left out of --input.
@@ -134,13 +127,15 @@ def train(config: TokenizerConfig) -> Path:
 def parse_args(argv: list[str] | None = None) -> TokenizerConfig:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
-    parser.add_argument("--vocab-size", type=int, required=True,
-                        help=f"tokens in all: the 256 bytes, {EOT_TEXT} and the merges learned (GPT-2 has 50257)")
+    parser.add_argument("--vocab-size", type=int_range(MIN_VOCAB_SIZE + 1, MAX_VOCAB_SIZE), required=True,
+                        help=f"tokens in all: the 256 bytes, {EOT_TEXT} and the merges learned (GPT-2 has 50257); more than "
+                             f"{MIN_VOCAB_SIZE}, so that one merge is learned, and at most {MAX_VOCAB_SIZE}, as fineweb.py's "
+                             "shards hold uint16 token ids")
     parser.add_argument("--dataset", choices=[d for d in SOURCES if d != "custom"], help="named corpus, as in fineweb.py (default: fineweb-edu)")
     parser.add_argument("--input", nargs="+", default=[], metavar="PATH_OR_GLOB",
                         help="local corpus: .txt files (one document each), .jsonl/.json/.parquet (one per row), or folders of them")
     parser.add_argument("--text-field", default=TokenizerConfig.text_field, help="column holding the text in .jsonl/.json/.parquet inputs")
-    parser.add_argument("--max-chars", type=int, help="read at most this many characters (default: the whole corpus)")
+    parser.add_argument("--max-chars", type=positive_int, help="read at most this many characters (default: the whole corpus)")
     parser.add_argument("--out", help="the tokenizer.json to write (default: data/tokenizers/DATASET-VOCAB_SIZE.json)")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=TokenizerConfig.overwrite,
                         help="replace an existing --out file")

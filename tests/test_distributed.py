@@ -194,6 +194,89 @@ def test_fsdp_needs_torchrun(data_dir, tmp_path, capsys):  # noqa: F811
 
 
 # -----------------------------------------------------------------------------
+# bf16: FSDP's mixed precision, and resuming exactly
+
+# Runs that compute the same thing with sums in another order (two ranks instead of accumulation,
+# FSDP's reduce-scatter instead of DDP's all-reduce, inductor's atomic adds) differ in fp32's last
+# bits; under bf16 autocast such a difference flips the rounding of some activations (2**-8 of one
+# element each), and the tiny model's losses then differ by up to 4e-4 in 8 steps (measured: FSDP;
+# DDP over the compiled model, 2e-4). 2e-3 leaves five times that, and is half of what FSDP's
+# earlier policy cost, whose bf16 residual stream moved the losses by up to 4e-3 in those 8 steps.
+BF16_LOSS_TOLERANCE = 2e-3
+
+WATCH_DTYPES = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import train_gpt2
+
+seen = set()
+shard_model = train_gpt2.shard_model
+
+
+def shard_and_watch(model, dtype):
+    shard_model(model, dtype)
+    block = model.transformer.h[0]
+    # Registered after FSDP's own hooks, these see what the block computes with: its input after
+    # FSDP's cast (if its policy casts), and its weights once gathered.
+    block.register_forward_pre_hook(lambda module, args: seen.add(("block input", str(args[0].dtype))))
+    block.attn.c_attn.register_forward_pre_hook(lambda module, args: seen.add(("linear weight", str(module.weight.dtype))))
+    block.ln_1.register_forward_pre_hook(lambda module, args: seen.add(("norm weight", str(module.weight.dtype))))
+    model.transformer.wte.register_forward_hook(lambda module, args, out: seen.add(("embedding output", str(out.dtype))))
+
+
+train_gpt2.shard_model = shard_and_watch
+code = train_gpt2.main(sys.argv[2:])
+with open(os.path.join(sys.argv[1], f"dtypes{{os.environ['RANK']}}.json"), "w") as f:
+    json.dump(sorted(seen), f)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def bf16_reference(data_dir, tmp_path_factory):  # noqa: F811
+    """The reference run under bf16 autocast: one process, 2 micro-batches accumulated per step."""
+    log_dir = tmp_path_factory.mktemp("bf16") / "log"
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, *EIGHT_STEPS, "--dtype", "bf16")) == 0
+    return log_dir
+
+
+def test_fsdp_under_bf16_gathers_bf16_weights_and_keeps_the_residual_stream_fp32(data_dir, bf16_reference, tmp_path):  # noqa: F811
+    """--fsdp --dtype bf16 on CPU takes the policy that GPUs take (bf16 weights for the Linear
+    layers, fp32 reductions), and computes what one process (or DDP) computes under autocast: the
+    residual stream, the embedding's output and the norms stay fp32."""
+    script = tmp_path / "watch_dtypes.py"
+    script.write_text(WATCH_DTYPES.format(repo=REPO_ROOT))
+    console = tmp_path / "fsdp.txt"
+    launcher = start([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path),
+                      *tiny_args(data_dir, tmp_path / "log", *EIGHT_STEPS, "--dtype", "bf16", "--fsdp")], console)
+    assert finish(launcher, console) == 0, console.read_text()[-3000:]
+    expected = [["block input", "torch.float32"], ["embedding output", "torch.float32"],
+                ["linear weight", "torch.bfloat16"], ["norm weight", "torch.float32"]]
+    for rank in range(2):
+        assert json.loads((tmp_path / f"dtypes{rank}.json").read_text()) == expected
+    got, reference = losses(tmp_path / "log"), losses(bf16_reference)
+    assert sorted(got) == sorted(reference) == list(range(1, 9))
+    worst = max(abs(got[step][0] - reference[step][0]) for step in reference)
+    print(f"\nFSDP bf16 vs one process: losses differ by up to {worst:.2e}")
+    assert worst <= BF16_LOSS_TOLERANCE, f"losses differ by up to {worst}: {got} vs {reference}"
+
+
+def test_bf16_resume_is_exact_on_cpu(data_dir, bf16_reference, tmp_path):  # noqa: F811
+    """Under bf16 autocast a stopped and resumed run is the uninterrupted run to the bit, as in
+    fp32: eager CPU kernels are deterministic, and the checkpoint holds everything that the
+    remaining steps read (compiled runs are not deterministic: tests/test_inductor.py)."""
+    from test_train import assert_same_run
+
+    args = tiny_args(data_dir, tmp_path / "log", *EIGHT_STEPS, "--dtype", "bf16")
+    assert train_gpt2.main([*args, "--stop-at-step", "3"]) == 0
+    assert train_gpt2.main([*args, "--resume", "auto"]) == 0
+    assert_same_run(bf16_reference, tmp_path / "log", steps=8, tolerance=0.0)
+    expected = torch.load(bf16_reference / "ckpt_000008.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "log" / "ckpt_000008.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed[name], tensor) for name, tensor in expected.items())
+
+
+# -----------------------------------------------------------------------------
 # Which checkpoint a run resumes from
 
 

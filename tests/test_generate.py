@@ -1,7 +1,10 @@
+import sys
+
 import pytest
 import torch
 
 import generate
+import model as model_module
 from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
 
 BLOCK_SIZE = 64
@@ -172,6 +175,10 @@ def test_loads_a_checkpoint_and_a_hugging_face_folder(tmp_path, checkpoint, caps
         ["--bench-preset", "gpt2"],
         ["--prompt", "a", "--prompt-file", "b.txt"],
         ["--prompt-file", "/nonexistent/prompt.txt"],
+        ["--dtype", "fp8"],
+        ["--compare", "--bench"],
+        ["--compare", "--no-kv-cache"],
+        ["--compare-rounds", "0"],
     ],
 )
 def test_bad_flags_are_argparse_errors(args, capsys):
@@ -243,3 +250,122 @@ def test_bench_on_a_tiny_preset(tmp_path, capsys, aot_eager_compile):
     # A model that cannot be loaded is an error that points to --bench-preset, never a silent stand-in.
     with pytest.raises(SystemExit, match="--bench-preset gpt2 builds a randomly initialised model"):
         generate.main(["--bench", "-m", str(tmp_path / "missing.pt")])
+
+
+@pytest.fixture
+def compiled_step_calls(monkeypatch):
+    """torch.compile through aot_eager (see aot_eager_compile), recording the addresses of the KV
+    cache and the weights that each call of the compiled decode step reads."""
+    torch._dynamo.reset()
+    compile = torch.compile
+    calls = []
+
+    def spy_compile(fn, **kwargs):
+        compiled = compile(fn, **{**kwargs, "backend": "aot_eager"})
+
+        def step(token, cache, noise, temperature, top_k, top_p, weights):
+            calls.append(([t.data_ptr() for t in (*cache.k, *cache.v, cache.pos, cache.key_pos)],
+                          {name: w.data_ptr() for name, w in weights.items()}))
+            return compiled(token, cache, noise, temperature, top_k, top_p, weights)
+
+        return step
+
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    yield calls
+    torch._dynamo.reset()
+
+
+def test_compiled_generation_keeps_its_cache_and_weights_across_calls(compiled_step_calls):
+    # A CUDA graph records the addresses it reads, and records again (a capture) when one changes:
+    # consecutive generations must hand the compiled step the same cache and weight tensors.
+    m = tiny_model()
+    prompt = torch.tensor([get_tokenizer().encode("Once upon a time")] * 2)
+    first = m.generate(prompt, 12, temperature=0, compile=True)
+    steps_of_first = len(compiled_step_calls)
+    second = m.generate(prompt[:, 1:], 20, temperature=0, compile=True)  # shorter prompt, same cache length (64)
+    assert torch.equal(second[:, 1:], m.generate(prompt[:, 1:], 20, temperature=0, use_kv_cache=False)[:, 1:])
+    assert torch.equal(first, m.generate(prompt, 12, temperature=0, use_kv_cache=False))
+    addresses = {repr(call) for call in compiled_step_calls}
+    assert steps_of_first == 11 and len(compiled_step_calls) == 11 + 19 and len(addresses) == 1
+    # CPU: the step reads every weight matrix as a copy in the (in, out) layout (GPT.decode_weights).
+    weight_addresses = compiled_step_calls[0][1]
+    assert len(weight_addresses) == 4 * 2 + 1 and "lm_head.weight" in weight_addresses
+    # Training changes the weights in place between the samples it generates: the kept copies
+    # follow them, in the same tensors.
+    optimizer = torch.optim.AdamW(m.parameters(), lr=0.05)
+    for param in m.parameters():
+        param.grad = torch.randn_like(param)
+    optimizer.step()
+    after_step = m.generate(prompt, 12, temperature=0, compile=True)
+    assert torch.equal(after_step, m.generate(prompt, 12, temperature=0, use_kv_cache=False))
+    assert not torch.equal(after_step, first)  # the step changed the tokens: stale weights would be caught
+    assert len({repr(call) for call in compiled_step_calls}) == 1
+    # So do the eager steps, which read the same kept copies on CPU; and load_state_dict's copies.
+    m.load_state_dict(tiny_model().state_dict())
+    assert torch.equal(m.generate(prompt, 12, temperature=0), first)
+    assert torch.equal(m.generate(prompt, 12, temperature=0, compile=True), first)
+    # Another batch size needs another cache; the weights stay where they are.
+    m.generate(prompt[:1], 5, temperature=0, compile=True)
+    cache_addresses, weight_addresses_now = compiled_step_calls[-1]
+    assert cache_addresses != compiled_step_calls[0][0] and weight_addresses_now == weight_addresses
+
+
+def test_kv_cache_under_bf16_stays_within_bf16_rounding_of_recomputing():
+    """In fp32 the cached and recomputed paths give the same greedy tokens (tests above). Under
+    bf16 autocast they need not: the cached step multiplies one row at a time where recomputing
+    multiplies all T, so the bf16 matmuls round differently, and once two tokens' logits are
+    closer than that rounding, greedy decoding can pick either. What holds is that the cached
+    logits are as close to the recomputed ones as bf16 itself is to fp32."""
+    m = tiny_model()
+    tokens = torch.randint(0, m.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact, _ = m(tokens)  # fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            recomputed, _ = m(tokens)
+            cache = model_module.KVCache(m.config, 2, "cpu", torch.bfloat16)
+            cached = [m(tokens[:, :8], cache=cache)[0]]
+            cache.pos += 8
+            for t in range(8, 40):
+                cached.append(m(tokens[:, t : t + 1], cache=cache)[0])
+                cache.pos += 1
+    cached = torch.cat(cached, dim=1).float()
+    # Tolerance: each bf16 path is within bf16's rounding of the exact (fp32) logits, so by the
+    # triangle inequality the two are within twice that of each other. bf16 keeps 8 significant
+    # bits (a relative rounding of 2^-8 = 0.4% per operation), so that bound is well above zero;
+    # a cache that attended to a wrong or unwritten position would miss it by far more.
+    bf16_error = (recomputed.float() - exact).abs().amax(dim=-1)  # (B, T): per position
+    assert bf16_error.min() > 0  # bf16 does round here, so the bound below is not vacuous
+    assert ((cached - recomputed.float()).abs().amax(dim=-1) <= 2 * bf16_error.amax()).all()
+
+
+def test_dtype_sets_the_autocast_of_generation(checkpoint, capsys, monkeypatch):
+    seen = []
+    original = GPT.generate
+
+    def spy(self, idx, *args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return original(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "generate", spy)
+    args = ("-m", checkpoint, "--prompt", "The", "--temperature", "0", "--max-new-tokens", "6", "--no-stop", "-d", "cpu")
+    for dtype, expected in (("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        texts, _, err = run(capsys, *args, "--dtype", dtype)
+        assert seen.pop() == expected and f"dtype: {generate.dtype_name(expected)}\n" in err
+        with torch.autocast("cpu", dtype=expected, enabled=expected != torch.float32):
+            assert texts[0][0] == "The" + greedy_text(tiny_model(), get_tokenizer().encode("The"), 6)
+    timings = generate.main(["--bench", "--bench-preset", "tiny", "--bench-tokens", "2", "-d", "cpu", "--dtype", "bf16"])
+    assert timings["dtype"] == "bf16" and ", bf16, batch 1" in capsys.readouterr().out
+
+
+def test_compare_against_transformers_on_a_tiny_preset(capsys, monkeypatch):
+    result = generate.main(["--compare", "--bench-preset", "tiny", "--bench-tokens", "6", "--compare-rounds", "3",
+                            "--num-samples", "2", "-d", "cpu"])
+    out = capsys.readouterr().out
+    assert result["same_tokens"] and result["shared_tokens"] == 6 and result["dtype"] == "fp32"
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("round ")] == ["round 1", "round 2", "round 3"]
+    assert f"{result['transformers_median_ms'] / result['ours_median_ms']:.2f}x (medians)" in out
+    assert result["ours_best_ms"] <= result["ours_median_ms"] and "GPT2LMHeadModel (sdpa attention)" in out
+    # transformers is a test-only dependency: without it, one line says what to install.
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(SystemExit, match="--compare needs transformers"):
+        generate.main(["--compare", "--bench-preset", "tiny", "--bench-tokens", "2", "-d", "cpu"])

@@ -174,6 +174,85 @@ def test_rows_are_packed_by_length_and_only_scored_positions_are_projected():
     assert [(b.token_start, b.target_start, b.target_end) for b in packed.batches] == [(0, 0, 10), (70, 10, 15)]
 
 
+def test_default_batch_tokens_depend_on_the_device():
+    assert hellaswag.default_batch_tokens("cuda:3") == hellaswag.GPU_BATCH_TOKENS == 32768
+    assert hellaswag.default_batch_tokens(torch.device("cpu")) == hellaswag.default_batch_tokens("mps") == hellaswag.CPU_BATCH_TOKENS
+    # Left out, batch_tokens is the device's default: on CPU the 40 rows of 10 examples take several
+    # passes of at most CPU_BATCH_TOKENS tokens (a GPU's default would pack them into one).
+    model, shapes = tiny_model(), []
+    model.transformer.wte.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    examples = synthetic_examples(40)
+    hellaswag.evaluate(model, examples, "cpu")
+    assert sum(R for R, _ in shapes) == 160 and len(shapes) > 1
+    assert all(R * T <= hellaswag.CPU_BATCH_TOKENS for R, T in shapes)
+
+
+def test_reference_scorer_is_build_nanogpts_scoring():
+    """evaluate_reference, which --compare times evaluate against, pads each example's 4 rows to the
+    longest and scores every position: the same losses as the unpadded rows one by one."""
+    model = tiny_model()
+    examples = synthetic_examples(6)
+    examples[4]["endings"][1] = " ".join(WORDS[i % len(WORDS)] for i in range(80)) + "."  # an ending that fills its row
+    model.train()
+    result = hellaswag.evaluate_reference(model, examples, "cpu")
+    assert model.training
+    assert_matches_reference(result.predictions, reference_scores(model, examples))
+    assert (result.n, result.num_correct) == (6, sum(p["pred"] == e["label"] for p, e in zip(result.predictions, examples)))
+
+
+def test_compare_times_both_scorings_and_fails_when_they_disagree(tmp_path, checkpoint, capsys, monkeypatch):
+    data = write_jsonl(tmp_path / "val.jsonl", synthetic_examples(6))
+    out = tmp_path / "compare.json"
+    result = hellaswag.main(["-m", str(checkpoint), "--data", str(data), "-d", "cpu", "--compare", "--compare-rounds", "2",
+                             "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "different predictions: 0 of 6 examples" in printed and printed.count("round ") == 2
+    saved = json.loads(out.read_text())
+    assert (saved["dtype"], saved["batch_tokens"], saved["n"]) == ("fp32", hellaswag.CPU_BATCH_TOKENS, 6)
+    rounds = saved["compare"]["rounds_s"]
+    assert len(rounds) == 2 and all(set(times) == {"reference", "ours"} and min(times.values()) > 0 for times in rounds)
+    assert list(rounds[0]) == ["reference", "ours"] and list(rounds[1]) == ["ours", "reference"]  # alternating order
+    assert saved["compare"]["speedup"] == pytest.approx(saved["compare"]["reference_s"] / saved["compare"]["ours_s"])
+    assert saved["compare"]["num_different"] == 0 and saved["compare"]["max_loss_difference"] < 1e-4
+    assert [p["pred"] for p in saved["predictions"]] == [p["pred"] for p in result.predictions]
+
+    # A reference that picks other endings (here: its losses reversed) is reported as a failure in fp32.
+    reference = hellaswag.evaluate_reference
+
+    def reversed_reference(*args, **kwargs):
+        result = reference(*args, **kwargs)
+        for p in result.predictions:
+            p["sum_losses"], p["pred"] = p["sum_losses"][::-1], 3 - p["pred"]
+        return result
+
+    monkeypatch.setattr(hellaswag, "evaluate_reference", reversed_reference)
+    with pytest.raises(SystemExit, match="--compare: in fp32 the two scorings chose differently on [1-6] examples"):
+        hellaswag.main(["-m", str(checkpoint), "--data", str(data), "-d", "cpu", "--compare", "--compare-rounds", "1"])
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as excinfo:
+        hellaswag.parse_args(["--compare"])
+    assert excinfo.value.code == 2 and "--compare times one process" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, autocast_dtype", [([], None), (["--dtype", "fp32"], None), (["--dtype", "bf16"], torch.bfloat16)])
+def test_dtype_flag_sets_autocast_and_is_recorded(tmp_path, checkpoint, capsys, monkeypatch, flag, autocast_dtype):
+    seen = []
+    evaluate = hellaswag.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(hellaswag, "evaluate", recording_evaluate)
+    data = write_jsonl(tmp_path / "val.jsonl", synthetic_examples(2))
+    out = tmp_path / "hs.json"
+    hellaswag.main(["-m", str(checkpoint), "--data", str(data), "-d", "cpu", "--out", str(out), *flag])
+    name = "bf16" if autocast_dtype is torch.bfloat16 else "fp32"  # auto is fp32 on CPU
+    assert seen == [autocast_dtype] and json.loads(out.read_text())["dtype"] == name
+    assert f"dtype {name}," in capsys.readouterr().out
+
+
 def test_vocabulary_projection_runs_in_fp32_under_autocast():
     model = tiny_model()
     dtypes = []
@@ -325,7 +404,7 @@ def test_missing_data_file_and_bad_flags(tmp_path, checkpoint, capsys):
     data = write_jsonl(tmp_path / "val.jsonl", synthetic_examples(1))
     with pytest.raises(SystemExit, match=r"--model .*missing\.pt: could not load it"):
         hellaswag.main(["-m", str(tmp_path / "missing.pt"), "--data", str(data), "-d", "cpu"])
-    for flag in ("--limit", "--batch-tokens"):
+    for flag in ("--limit", "--batch-tokens", "--compare-rounds"):
         with pytest.raises(SystemExit) as excinfo:
             hellaswag.parse_args([flag, "0"])
         assert excinfo.value.code == 2

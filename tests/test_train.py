@@ -94,11 +94,14 @@ def test_lr_schedule_exact_on_a_short_run():
 
 def test_presets_and_flags():
     cfg = train_gpt2.parse_config([])
-    assert (cfg.total_batch, cfg.micro_batch, cfg.seq_len, cfg.max_steps, cfg.warmup_steps) == (524_288, 64, 1024, 19_073, 715)
+    assert (cfg.total_batch, cfg.micro_batch, cfg.seq_len, cfg.max_steps, cfg.warmup_steps) == (524_288, "auto", 1024, 19_073, 715)
+    assert (cfg.dtype, cfg.compile) == ("auto", None)
     assert (cfg.max_lr, cfg.min_lr, cfg.weight_decay, cfg.grad_clip, cfg.seed) == (6e-4, 6e-5, 0.1, 1.0, 1337)
     assert (cfg.beta1, cfg.beta2, cfg.eps) == (0.9, 0.95, 1e-8)
+    # auto plans for the largest micro-batch it will try (64); the fit may lower it, raising the accumulation.
     assert make_plan(cfg, world_size=8, block_size=1024).grad_accum_steps == 1
     assert make_plan(cfg, world_size=1, block_size=1024).grad_accum_steps == 8
+    assert make_plan(cfg, world_size=1, block_size=1024, micro_batch=16).grad_accum_steps == 32
     modern = train_gpt2.parse_config(["--preset", "gpt2.5"])
     assert (modern.model, modern.max_lr, modern.weight_decay, modern.beta1, modern.beta2) == ("gpt2.5", 1.8e-3, 0.1, 0.9, 0.95)
     smoke = train_gpt2.parse_config(["--preset", "smoke", "--max-steps", "7", "--no-compile"])
@@ -111,7 +114,7 @@ def test_batch_that_does_not_divide_names_the_flags():
         make_plan(cfg, world_size=1, block_size=1024)
     # 16 ranks x 64 x 1024 is twice the batch: the error says which micro-batch fits.
     with pytest.raises(TrainError, match=r"change one of those flags \(--micro-batch 32 fits\)"):
-        make_plan(TrainConfig(), world_size=16, block_size=1024)
+        make_plan(TrainConfig(micro_batch=64), world_size=16, block_size=1024)
     for flag in ("total_batch", "micro_batch", "seq_len"):
         with pytest.raises(TrainError, match=f"--{flag.replace('_', '-')} must be at least 1, not 0"):
             make_plan(TrainConfig(**{flag: 0}), world_size=1, block_size=1024)
@@ -308,7 +311,9 @@ def test_non_finite_loss_stops_without_saving(data_dir, tmp_path, monkeypatch, c
         logits, loss = real_forward(self, idx, targets, cache)
         if targets is not None and self.training:
             calls["n"] += 1
-            if calls["n"] > 4:  # the third step of the resumed run (2 micro-steps each)
+            # The third step of the resumed run (2 micro-steps each), after the micro-step that checks,
+            # before step 1, that the micro-batch fits.
+            if calls["n"] > 5:
                 loss = loss * float("nan")
         return logits, loss
 
