@@ -28,7 +28,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -551,6 +551,21 @@ class GPT(nn.Module):
             logits = logits[..., : self.config.vocab_size]
         return logits
 
+    def set_vocab_padding(self, multiple: int) -> GPT:
+        """Pad (or trim) the embedding table, which is also the output projection, to a multiple of
+        `multiple` rows, in place; new rows are zeros. The outputs do not change: padded rows are
+        never scored or sampled (see logits), and their gradient is zero, so training leaves them zero."""
+        config = replace(self.config, pad_vocab_multiple=multiple)
+        old = self.transformer.wte.weight
+        weight = nn.Parameter(old.new_zeros(config.padded_vocab_size, config.n_embd))
+        with torch.no_grad():
+            weight[: config.vocab_size] = old[: config.vocab_size]
+        # Assigned to both modules, tied as in __init__; the parameter keeps its place in parameters().
+        self.transformer.wte.weight = self.lm_head.weight = weight
+        self.transformer.wte.num_embeddings = self.lm_head.out_features = config.padded_vocab_size
+        self.config = config
+        return self
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -606,9 +621,11 @@ class GPT(nn.Module):
         `compile` (with the KV cache) runs those one-token steps, sampling included, through
         torch.compile, on CUDA as a CUDA graph: at batch 1 a step's hundred-odd kernels take less
         time to run than to launch one by one, and a graph launches them all at once. Its first
-        steps compile (tens of seconds); a new batch size or cache length compiles again. Under
-        autocast the compiled step takes its Linear layers' weights cast once, which gives the
-        same results as autocast's casts without repeating them at every step.
+        steps compile (tens of seconds); a new batch size or a longer cache compiles again. The
+        model keeps that cache, and the weights its steps read (decode_weights), from one call to
+        the next, so the next call with the same batch size reuses the graph without capturing it
+        again (DecodeState). Under autocast the steps take the Linear layers' weights cast once,
+        which gives the same results as autocast's casts without repeating them at every step.
         """
         check_sampling(temperature, top_k, top_p)
         if compile and not use_kv_cache:

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +54,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
 from fineweb import (ShardError, fraction_below_one, fsync_dir, list_shards, load_shard, non_negative_float,
-                     non_negative_int, positive_float, positive_int, read_meta, seed_int, write_atomic)
+                     non_negative_int, one_line, positive_float, positive_int, read_meta, seed_int, write_atomic)
 from model import PRESETS as MODEL_PRESETS
-from model import (TRAIN_STATE_FILE, GPT, GPTConfig, decode_completion, get_tokenizer, is_complete_sharded_checkpoint,
-                   read_checkpoint_state, tokenizer_from_json, vocab_sha256)
+from model import (HF_REPO_IDS, TRAIN_STATE_FILE, GPT, GPTConfig, decode_completion, file_sha256, get_tokenizer,
+                   is_complete_sharded_checkpoint, load_model, load_tokenizer, read_checkpoint_state, tokenizer_from_json,
+                   vocab_sha256)
 
 # -----------------------------------------------------------------------------
 # Devices and distributed plumbing, shared by every script that runs a model.
@@ -241,7 +242,7 @@ class TrainError(Exception):
 @dataclass
 class TrainConfig:
     # The defaults are the "gpt2" preset: GPT-2 124M on 10B tokens of FineWeb-Edu (build-nanogpt's recipe).
-    model: str = "gpt2"  # a model.py preset
+    model: str | None = "gpt2"  # a model.py preset; None with --init-from: the source's architecture
     data: str = "data/edu_fineweb10B"
     tokenizer: str | None = None  # the shards' tokenizer.json; None: the one their meta.json records
     log_dir: str = "log/gpt2-124m"
@@ -279,6 +280,7 @@ class TrainConfig:
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the ranks (FSDP2) instead of DDP
     log_every: int = 1  # console lines every N steps; metrics.jsonl gets every step
     tensorboard: bool = False  # mirror metrics.jsonl's numbers into {log_dir}/tensorboard
+    init_from: str | None = None  # fine-tune: a Hub name, a Hugging Face folder or a checkpoint to take the weights of
 
 
 PRESETS = {
@@ -311,11 +313,38 @@ PRESETS = {
         num_samples=2,
         log_every=10,
     ),
+    # Fine-tuning a pretrained GPT-2 on a small corpus (fineweb.py --dataset tinyshakespeare, 305k
+    # training tokens) on one GPU or a laptop. From nanoGPT's config/finetune_shakespeare.py: a
+    # constant learning rate of 3e-5 (decay_lr False; here warm-up 1 step and min_lr = max_lr), 1 x 32
+    # x 1024 = 32,768 tokens per step, evaluation every 5 steps. Its 20 steps are 2 epochs of Tiny
+    # Shakespeare; Hugging Face's run_clm.py fine-tunes for 3 epochs by default (at lr 5e-5, decaying
+    # linearly), and 30 steps are 3 epochs here. For a larger corpus, raise --max-steps to about
+    # 3 x its training tokens / 32,768.
+    "finetune": dict(
+        init_from="gpt2",
+        data="data/tinyshakespeare",
+        log_dir="log/finetune",
+        total_batch=32_768,
+        # Not auto: that may choose 32, and Tiny Shakespeare's validation split (32,768 tokens) holds 31
+        # windows of 1,024. 3 micro-batches of 8 evaluate 24 of them, each once.
+        micro_batch=8,
+        seq_len=1024,
+        max_steps=30,
+        max_lr=3e-5,
+        min_lr=3e-5,
+        warmup_steps=1,
+        eval_every=5,
+        val_steps=3,
+        hellaswag=False,  # 10,042 examples at every evaluation would take longer than the fine-tune
+        save_every=10,
+        num_samples=2,
+    ),
 }
 
 # Help for every flag; argparse is built from the dataclass so the two cannot drift apart.
 FLAG_HELP = {
-    "model": "model.py preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2.5, tiny, tiny-2.5",
+    "model": "model.py preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, gpt2.5, tiny, tiny-2.5 (with --init-from, the "
+             "source's architecture; a --model that differs is refused)",
     "tokenizer": "the tokenizer.json the shards were made with, where their meta.json's path to it does not "
                  "lead to it (default: that path; GPT-2's tokenizer for shards made without --tokenizer)",
     "data": "folder of fineweb.py shards (default in a SageMaker job: $SM_CHANNEL_TRAIN)",
@@ -355,6 +384,10 @@ FLAG_HELP = {
             "them (DDP), for models that do not fit otherwise; checkpoints become ckpt_*.dcp folders",
     "log_every": "print a console line every N steps",
     "tensorboard": "also write the train and eval numbers to {log_dir}/tensorboard (needs: pip install tensorboard)",
+    "init_from": "fine-tune: start from the weights of gpt2, gpt2-medium, gpt2-large or gpt2-xl (downloaded from the "
+                 "Hugging Face Hub), a Hugging Face GPT-2 or Llama folder, or a train_gpt2.py ckpt_*.pt file or ckpt_*.dcp "
+                 "folder; the architecture is the source's (leave --model out). Only the weights: the optimizer, data "
+                 "position and step start fresh. With --resume auto, a checkpoint in --log-dir wins over the source",
 }
 
 
@@ -427,6 +460,8 @@ def config_from_args(args: dict) -> TrainConfig:
     values.update(PRESETS[args["preset"]])
     values.update({name: os.environ[var] for name, var in SAGEMAKER_DEFAULTS.items() if os.environ.get(var)})
     values.update({k: v for k, v in args.items() if k in values and v is not None})
+    if values["init_from"] and args.get("model") is None:
+        values["model"] = None  # the source's architecture, not a preset's (an explicit --model is checked against it)
     if values["min_lr"] > values["max_lr"]:
         raise TrainError(f"--min-lr {values['min_lr']} is above --max-lr {values['max_lr']}: the learning rate decays "
                          "from --max-lr down to --min-lr; lower --min-lr or raise --max-lr")
@@ -1071,9 +1106,12 @@ def is_out_of_memory(error: BaseException | None) -> bool:
 def run_micro_step(model, micro_batch: int, seq_len: int, device: torch.device, dtype: torch.dtype):
     """One training micro-step, forward and backward as the run computes them, on a batch of zeros.
     What fit_micro_batch tries at each size (tests replace it to run out of memory above a size)."""
-    x = torch.zeros((micro_batch, seq_len), dtype=torch.long, device=device)
+    # Inputs and targets as training's batches come (two views of one buffer, copied to the
+    # device), so that torch.compile's guards on strides and aliasing let training reuse this graph.
+    buf = torch.zeros((micro_batch, seq_len + 1), dtype=torch.long)
+    x, y = buf[:, :-1].to(device), buf[:, 1:].to(device)
     with autocast_context(device, dtype):
-        _, loss = model(x, x)
+        _, loss = model(x, y)
     loss.backward()
 
 
@@ -1234,6 +1272,59 @@ def data_tokenizer(cfg: TrainConfig):
     return enc, None if path is None else Path(path).read_text(encoding="utf-8")
 
 
+def load_initial_weights(cfg: TrainConfig, enc, checkpoint: dict | None, print0=print) -> tuple[GPTConfig, GPT | None, dict | None]:
+    """The model's config; for a fine-tune (--init-from) also the source's weights, padded as
+    --pad-vocab says, and the source's record (its name, and sha256 where it is a file) for the
+    log, the checkpoints and the model card.
+
+    Only the weights come from the source: the optimizer, data position and step start fresh. A
+    resumed fine-tune reads its checkpoint instead, whose architecture wins, and the source is not
+    read again: so `--resume auto --init-from X` starts from X while --log-dir holds no checkpoint,
+    and from the newest checkpoint after that (a preempted fine-tune continues exactly).
+    """
+    pad_vocab_multiple = 64 if cfg.pad_vocab else 1
+    recorded = checkpoint.get("init_from") if checkpoint else None
+    if checkpoint and (cfg.init_from or recorded):
+        model_config = GPTConfig.from_dict({**checkpoint["model_config"], "pad_vocab_multiple": pad_vocab_multiple})
+        if cfg.init_from:
+            print0(f"note: resuming the fine-tune from its checkpoint; --init-from {cfg.init_from} is not read")
+        model, source = None, recorded
+    elif not cfg.init_from:
+        return GPTConfig.from_preset(cfg.model, vocab_size=enc.n_vocab, pad_vocab_multiple=pad_vocab_multiple), None, None
+    else:
+        from safetensors import SafetensorError  # a damaged model.safetensors
+
+        try:
+            model = load_model(cfg.init_from)
+        except (OSError, ValueError, RuntimeError, MemoryError, SafetensorError) as e:
+            raise TrainError(f"--init-from {cfg.init_from}: {one_line(e)}") from None
+        model_config = model.config
+        if model_config.vocab_size != enc.n_vocab:
+            raise TrainError(f"--init-from {cfg.init_from} has a vocabulary of {model_config.vocab_size:,} tokens, but {cfg.data} "
+                             f"was tokenized with {enc.name}'s {enc.n_vocab:,}: tokenize the data with the model's tokenizer "
+                             "(fineweb.py --tokenizer)")
+        try:
+            source_enc = load_tokenizer(cfg.init_from, model_config.vocab_size)
+        except (OSError, ValueError) as e:
+            raise TrainError(f"--init-from {cfg.init_from}: {one_line(e)}") from None
+        if vocab_sha256(source_enc) != vocab_sha256(enc):
+            raise TrainError(f"--init-from {cfg.init_from} was trained with another tokenizer ({source_enc.name}) than {cfg.data} "
+                             f"was tokenized with ({enc.name}): tokenize the data with the model's tokenizer (fineweb.py --tokenizer)")
+        if cfg.model is not None and GPTConfig.from_preset(cfg.model, vocab_size=enc.n_vocab) != replace(model_config, pad_vocab_multiple=1):
+            raise TrainError(f"--model {cfg.model} is not the architecture of --init-from {cfg.init_from} ({model_config.n_layer} "
+                             f"layers, {model_config.n_embd}-dimensional, {model_config.norm}, {model_config.mlp}, block size "
+                             f"{model_config.block_size}): leave --model out, the source's architecture is used")
+        model = model.set_vocab_padding(pad_vocab_multiple)
+        model_config = model.config
+        path = Path(cfg.init_from)
+        source = {"name": cfg.init_from, "hub_repo": HF_REPO_IDS.get(cfg.init_from) if not path.exists() else None,
+                  "sha256": file_sha256(path) if path.is_file() else None}
+    if cfg.seq_len > model_config.block_size:
+        raise TrainError(f"--seq-len {cfg.seq_len} exceeds the block size {model_config.block_size} of the model of --init-from "
+                         f"{cfg.init_from or recorded['name']}: lower --seq-len to at most {model_config.block_size}")
+    return model_config, model, source
+
+
 def text_samples(raw_model: GPT, cfg: TrainConfig, device: torch.device, enc, dtype: torch.dtype | None = None) -> list[str]:
     """A few sampled continuations of the sample prompt, seeded so runs can be compared.
 
@@ -1358,8 +1449,6 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
                          "(--nproc_per_node=1 works too), or drop --fsdp")
     # The vocabulary is the data's: GPT-2's 50257 tokens, or a tokenizer.json's (train_tokenizer.py).
     enc, tokenizer_json = data_tokenizer(cfg)
-    model_config = GPTConfig.from_preset(cfg.model, vocab_size=enc.n_vocab, pad_vocab_multiple=64 if cfg.pad_vocab else 1)
-    plan = make_plan(cfg, dist_info.world_size, model_config.block_size)
     log_dir = Path(cfg.log_dir)
 
     # Rank 0 chooses the checkpoint, so that every rank resumes from the same one. With several
@@ -1368,10 +1457,13 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
     if resume_path:
         check_visible_to_every_rank(resume_path, dist_info, device)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
+    # A preset's architecture, or a fine-tune's source's (--init-from) with its weights.
+    model_config, initial_model, init_source = load_initial_weights(cfg, enc, checkpoint, print0)
+    plan = make_plan(cfg, dist_info.world_size, model_config.block_size)
     # Compared as configs, so that checkpoints written before a config field existed (with its default) still fit.
     if checkpoint and GPTConfig.from_dict(checkpoint["model_config"]) != model_config:
         raise TrainError(
-            f"{resume_path} holds a model with config {checkpoint['model_config']}, but --model {cfg.model} "
+            f"{resume_path} holds a model with config {checkpoint['model_config']}, but {'--model ' + cfg.model if cfg.model else 'the fine-tune'} "
             f"--{'' if cfg.pad_vocab else 'no-'}pad-vocab on {cfg.data}'s {enc.n_vocab} tokens asks for {model_config.to_dict()}; "
             "pass the flags it was trained with"
         )
@@ -1392,10 +1484,10 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
     use_compile, compile_note = choose_compile(cfg.compile, device)
     if compile_note:
         print0(compile_note)
-    raw_model = GPT(model_config, seed=cfg.seed).to(device)
+    raw_model = (initial_model if initial_model is not None else GPT(model_config, seed=cfg.seed)).to(device)
     num_params, flops_per_token = raw_model.num_params(), raw_model.flops_per_token(cfg.seq_len)
     if cfg.fsdp:
-        shard_model(raw_model, device)  # before the optimizer is built: it must hold the sharded parameters
+        shard_model(raw_model, dtype)  # before the optimizer is built: it must hold the sharded parameters
     # dynamic=False: each micro-batch size fit_micro_batch tries gets a graph of its own, and the one
     # that fits is the one training runs, not a slower graph generalised over batch sizes.
     model = torch.compile(raw_model, dynamic=False) if use_compile else raw_model
@@ -1451,7 +1543,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             config=asdict(cfg), model_config=model_config.to_dict(), git_commit=git_commit(), torch=torch.__version__,
             python=platform.python_version(), numpy=np.__version__, device=device_name(device), world_size=dist_info.world_size,
             grad_accum_steps=plan.grad_accum_steps, micro_batch=plan.micro_batch, dtype=dtype_name(dtype),
-            num_params=num_params, compile=use_compile,
+            num_params=num_params, compile=use_compile, init_from=init_source,
             resumed_from=str(resume_path) if resume_path else None, start_step=start_step,
             # torchrun counts the times it restarted the workers (--max-restarts) in this variable.
             restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
@@ -1496,6 +1588,7 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             "train_loader": batches.state_dict(), "rng": rng_states, "config": asdict(cfg),
             "val_loss": last_eval.get("val_loss"), "tokenizer_json": tokenizer_json,
             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None, "val_micro_batch": val_loader.micro_batch,
+            "init_from": init_source,
         }
         t0 = time.perf_counter()
         if cfg.fsdp:

@@ -289,12 +289,14 @@ def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metri
     step, tokens_seen = checkpoint["step"], checkpoint["tokens_seen"]
     data = str(train_config.get("data", "unknown"))
     dataset = source_dataset(data)
+    init_from = checkpoint.get("init_from")  # train_gpt2.py --init-from's record of the weights it started from
     metadata = ModelCardData(
         license=cfg.license or DEFAULT_LICENSE,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["gpt2", "nanogpt", "pretrained-from-scratch"] + (["llama"] if family == "GPT-2.5" else []),
+        tags=["gpt2", "nanogpt", "fine-tuned" if init_from else "pretrained-from-scratch"] + (["llama"] if family == "GPT-2.5" else []),
         datasets=[dataset] if dataset else None,
+        base_model=init_from.get("hub_repo") if init_from else None,
     )
     name = cfg.repo_id.split("/")[1]
     data_text = f"[{dataset}](https://huggingface.co/datasets/{dataset}) (tokenized into `{data}`)" if dataset else f"`{data}`"
@@ -307,10 +309,15 @@ def model_card(cfg: UploadConfig, checkpoint: dict, checkpoint_path: Path, metri
         "",
         f"A {family} language model ({num_params / 1e6:.0f}M parameters: {model_config['n_layer']} layers, "
         f"{model_config['n_head']} heads, {model_config['n_embd']}-dimensional embeddings, a context of "
-        f"{model_config['block_size']} tokens, {tokenizer}) trained from scratch with `train_gpt2.py`, "
-        "a reproduction of GPT-2 in the style of nanoGPT / build-nanogpt.",
+        f"{model_config['block_size']} tokens, {tokenizer}) {'fine-tuned' if init_from else 'trained from scratch'} with "
+        "`train_gpt2.py`, a reproduction of GPT-2 in the style of nanoGPT / build-nanogpt.",
         "",
     ]
+    if init_from:
+        hub_repo, sha256 = init_from.get("hub_repo"), init_from.get("sha256")
+        source = f"[{hub_repo}](https://huggingface.co/{hub_repo})" if hub_repo else f"`{init_from['name']}`"
+        lines += [f"It was fine-tuned from {source}" + (f" (sha256 `{sha256}`)" if sha256 else "") + ": training started "
+                  "from its weights, with a fresh optimizer; the steps and tokens below are the fine-tune's.", ""]
     if family == "GPT-2.5":
         lines += [
             "GPT-2.5 is GPT-2's size with the components of current models: RMSNorm, a SwiGLU MLP, rotary position "

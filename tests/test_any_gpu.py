@@ -222,9 +222,12 @@ def test_fp16_skips_a_step_whose_gradients_overflow_and_goes_on(data_dir, tmp_pa
 
     monkeypatch.setattr(train_gpt2.GPT, "forward", inf_gradients_in_step_3)
     log_dir = tmp_path / "log"
-    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--dtype", "fp16")) == 0
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--dtype", "fp16", "--stop-at-step", "6")) == 0
     assert "skipped: fp16 gradients overflowed, loss scale lowered" in capsys.readouterr().out
+    # The resumed run continues at the lowered scale (a fresh scaler would start at 65,536 again).
+    assert train_gpt2.main(tiny_args(data_dir, log_dir, "--dtype", "fp16", "--resume", "auto")) == 0
     train = records_by_step(log_dir, "train")
+    assert train[7]["loss_scale"] == train[6]["loss_scale"] == train[3]["loss_scale"]
     assert [step for step, r in train.items() if r["skipped"]] == [3]
     assert train[3]["loss_scale"] == train[2]["loss_scale"] / 2  # the scaler halves the scale after an overflow
     assert all(r["train_loss"] == r["train_loss"] and abs(r["train_loss"]) != float("inf") for r in train.values())

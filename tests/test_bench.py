@@ -77,3 +77,17 @@ def test_a_failing_rung_is_reported_and_the_ladder_goes_on(tmp_path, capsys, mon
     assert settings["+ CUDA graphs"]["attention"] == "default" and settings["+ CUDA graphs"]["compile_mode"] == "reduce-overhead"
     assert results[-1]["micro_batch"] == 96 and settings["+ micro-batch 96"] == {
         **settings["+ CUDA graphs"], "name": "+ micro-batch 96", "micro_batch": 96}
+
+
+def test_bench_times_a_slow_data_source_in_turn_and_prefetched(tmp_path, capsys):
+    """--data-ms adds the two ways of feeding a step: on a CPU both wait for the data (the compute
+    is synchronous there, so there is nothing to overlap with); each step waits at least data_ms."""
+    out = tmp_path / "bench.json"
+    assert bench.main(["--preset", "smoke", "--device", "cpu", "--model", "tiny", "--micro-batch", "2", "--seq-len", "16",
+                       "--steps", "2", "--warmup-steps", "1", "--data-ms", "50", "--dtype", "bf16",
+                       "--json-out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["rung"] for r in results] == ["default (bf16 on CPU)", "+ data 50 ms, in turn", "+ data 50 ms, prefetched"]
+    assert [r["settings"]["data"] for r in results] == ["memory", "serial", "prefetch"]
+    assert all(r["dtype"] == "bf16" for r in results)
+    assert all(r["step_ms"] >= 50 for r in results[1:])

@@ -176,6 +176,29 @@ def test_fsdp_trains_resumes_across_checkpoint_kinds_and_converts(data_dir, refe
     assert "__1_0.distcp" in capsys.readouterr().err and not (damaged.parent / "ckpt_000006.pt").exists()
 
 
+def test_fp16_loss_scaling_under_ddp_and_fsdp_resumes_through_both_checkpoint_kinds(data_dir, tmp_path):  # noqa: F811
+    """--dtype fp16 with its GradScaler under DDP (steps 1-4, a .pt file), then FSDP2 with its sharded
+    scaler (5-6 from that file, a .dcp folder; 7-8 from the folder), against one process
+    accumulating the same batch in fp16. The runs differ only in how sums are grouped, so the losses
+    agree to fp16 autocast's rounding: its 11-bit mantissa makes one logit's error about 5e-4
+    relative, and over 8 steps of a loss near 7 the runs agree to well under 1e-2."""
+    fp16 = ["--dtype", "fp16"]
+    reference = tmp_path / "reference"
+    assert train_gpt2.main(tiny_args(data_dir, reference, *EIGHT_STEPS, *fp16)) == 0
+    log_dir = tmp_path / "log"
+    args = [*tiny_args(data_dir, log_dir, *EIGHT_STEPS, *fp16, "--resume", "auto", "--save-every", "2")]
+    launch = [*TORCHRUN, "--standalone", "--nproc_per_node=2", TRAIN_SCRIPT, *args]
+    for extra, console in ((["--stop-at-step", "4"], tmp_path / "ddp.txt"), (["--fsdp", "--stop-at-step", "6"], tmp_path / "fsdp1.txt"),
+                           (["--fsdp"], tmp_path / "fsdp2.txt")):
+        assert finish(start([*launch, *extra], console), console) == 0, console.read_text()[-3000:]
+    state = train_gpt2.load_checkpoint(log_dir / "ckpt_000006.dcp")
+    assert state["grad_scaler"]["scale"] == 65536.0 and state["config"]["dtype"] == "fp16"
+    got, expected = losses(log_dir), losses(reference)
+    assert sorted(got) == sorted(expected) == list(range(1, 9))
+    assert max(abs(got[s][0] - expected[s][0]) for s in expected) < 1e-2, (got, expected)
+    assert all(r["loss_scale"] == 65536.0 and not r["skipped"] for r in train_gpt2.latest_per_step(records(log_dir), "train"))
+
+
 def test_convert_refuses_to_overwrite_and_non_checkpoints(tmp_path, capsys):
     (tmp_path / "ckpt_000001.dcp").mkdir()
     assert train_gpt2.main(["--convert-checkpoint", str(tmp_path / "ckpt_000001.dcp")]) == 2

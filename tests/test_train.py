@@ -162,6 +162,22 @@ def test_loader_resumes_exactly_in_a_later_epoch(counting_dir):
         assert torch.equal(a.next_batch()[0], b.next_batch()[0])
 
 
+def test_prefetched_batches_are_the_loaders_and_resume_at_the_first_not_taken(counting_dir):
+    """DeviceBatches gathers the next batch ahead of time; a checkpoint taken while one waits must
+    resume at that batch, not after it."""
+    plain = DataLoader(counting_dir, "train", 8, 64, 0, 1, seed=3, shuffle=True)
+    batches = train_gpt2.DeviceBatches(DataLoader(counting_dir, "train", 8, 64, 0, 1, seed=3, shuffle=True), torch.device("cpu"))
+    for _ in range(5):
+        x, y = batches.take()
+        assert torch.equal(x, plain.next_batch()[0])
+        batches.prefetch()  # as the training loop does once a micro-step is queued
+    state = batches.state_dict()
+    assert state == plain.state_dict() and batches.loader.position == plain.position + 8
+    resumed = DataLoader(counting_dir, "train", 8, 64, 0, 1, seed=3, shuffle=True)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.next_batch()[0], batches.take()[0])
+
+
 def test_loader_state_dict_resumes_exactly(data_dir):
     a = DataLoader(data_dir, "train", 4, 32, 0, 1, seed=1, shuffle=True)
     for _ in range(7):
