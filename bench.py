@@ -6,7 +6,8 @@
 
 MFU uses the PaLM formula (appendix B): FLOPs per token = 6N + 12 * L * H * Q * T, N excluding
 position embeddings (8.55e8 for GPT-2 124M at T=1024), against the peak dense bf16 FLOP/s of the
-GPU (train_gpt2.PEAK_BF16_FLOPS: A100 312e12, H100 and H200 989e12); the peak assumed is printed.
+GPU (train_gpt2.PEAK_BF16_FLOPS, each value with its data sheet; PEAK_FP16_ONLY_FLOPS for V100 and T4);
+the peak assumed is printed.
 Batches are random tokens (the data loader is not the bottleneck); warm-up steps, which include
 compilation, are excluded, and every timing is synchronised with the device. --data-ms N adds two
 rows with a data source that spends N ms of host time per micro-batch: gathered before each

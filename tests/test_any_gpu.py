@@ -153,12 +153,12 @@ def test_out_of_memory_later_names_the_flag_and_the_checkpoint(data_dir, tmp_pat
     real_forward = train_gpt2.GPT.forward
     calls = {"train": 0}
 
-    def out_of_memory_in_step_8(self, idx, targets=None, cache=None):
+    def out_of_memory_in_step_8(self, idx, targets=None, cache=None, **kwargs):
         if targets is not None and self.training:
             calls["train"] += 1
             if calls["train"] > 1 + 2:  # the fitting micro-step, then step 7's two micro-steps
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_forward(self, idx, targets, cache)
+        return real_forward(self, idx, targets, cache, **kwargs)
 
     monkeypatch.setattr(train_gpt2.GPT, "forward", out_of_memory_in_step_8)
     assert train_gpt2.main(tiny_args(data_dir, log_dir, "--resume", "auto")) == 2
@@ -171,10 +171,10 @@ def test_out_of_memory_later_names_the_flag_and_the_checkpoint(data_dir, tmp_pat
 def test_out_of_memory_in_an_evaluation_names_its_flags(data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     real_forward = train_gpt2.GPT.forward
 
-    def out_of_memory_in_eval(self, idx, targets=None, cache=None):
+    def out_of_memory_in_eval(self, idx, targets=None, cache=None, **kwargs):
         if not self.training:
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return real_forward(self, idx, targets, cache)
+        return real_forward(self, idx, targets, cache, **kwargs)
 
     monkeypatch.setattr(train_gpt2.GPT, "forward", out_of_memory_in_eval)
     assert train_gpt2.main(tiny_args(data_dir, tmp_path / "log")) == 2
@@ -212,8 +212,8 @@ def test_fp16_skips_a_step_whose_gradients_overflow_and_goes_on(data_dir, tmp_pa
     real_forward = train_gpt2.GPT.forward
     calls = {"train": 0}
 
-    def inf_gradients_in_step_3(self, idx, targets=None, cache=None):
-        logits, loss = real_forward(self, idx, targets, cache)
+    def inf_gradients_in_step_3(self, idx, targets=None, cache=None, **kwargs):
+        logits, loss = real_forward(self, idx, targets, cache, **kwargs)
         if targets is not None and self.training:
             calls["train"] += 1
             if calls["train"] == 1 + 2 * 2 + 1:  # after the fitting micro-step and two steps of two

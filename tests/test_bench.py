@@ -61,6 +61,7 @@ def test_a_failing_rung_is_reported_and_the_ladder_goes_on(tmp_path, capsys, mon
 
     monkeypatch.setattr(bench, "measure", fake_measure)
     monkeypatch.setattr(bench, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # an H100's, for --dtype auto
     monkeypatch.setattr(bench, "peak_flops", lambda device: 989e12)
     monkeypatch.setattr(bench, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
     out = tmp_path / "ladder.json"

@@ -2,6 +2,7 @@
 transformers itself) or from one of our checkpoints, resume exactly, and say so in the model card."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 import train_gpt2
 import upload_hf
-from model import GPT2_VOCAB_SIZE, file_sha256
+from model import EOT_TEXT, EOT_TOKEN, GPT2_VOCAB_SIZE, file_sha256, gpt2_bpe_files
 from train_gpt2 import DataLoader
 
 transformers = pytest.importorskip("transformers")
@@ -37,6 +38,23 @@ def reference_val_loss(hf, data_dir, micro_batch=4, seq_len=32, steps=2) -> floa
             logits = hf(x).logits  # (B, T, 50257): targets are already shifted
             losses.append(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).item())
     return sum(losses) / len(losses)
+
+
+def swapped_gpt2_tokenizer_json() -> str:
+    """A tokenizer.json of GPT-2's size that is not GPT-2's: its BPE with the ids of "!" and '"' swapped."""
+    files = gpt2_bpe_files()
+    if files is None:
+        pytest.skip("GPT-2's vocab.bpe and encoder.json are not available offline")
+    vocab_bpe, encoder_json = files
+    vocab = json.loads(encoder_json.read_text())
+    vocab["!"], vocab['"'] = vocab['"'], vocab["!"]
+    merges = [line for line in vocab_bpe.read_text().splitlines()[1:] if line]  # after the version line
+    return json.dumps({
+        "added_tokens": [{"id": EOT_TOKEN, "content": EOT_TEXT, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+        "model": {"type": "BPE", "vocab": vocab, "merges": merges},
+    })
 
 
 def one_error_line(capsys) -> str:
@@ -139,7 +157,7 @@ def test_finetune_preset_is_a_constant_learning_rate_from_gpt2():
     assert explicit.model == "gpt2-medium"  # kept, to be checked against the source
 
 
-@pytest.mark.parametrize("case", ["unknown name", "bert folder", "other model", "seq-len", "vocabulary"])
+@pytest.mark.parametrize("case", ["unknown name", "bert folder", "other model", "seq-len", "vocabulary", "tokenizer"])
 def test_bad_init_from_is_one_line(case, data_dir, hf_gpt2, tmp_path, capsys):
     source, extra = hf_gpt2[0], []
     if case == "unknown name":
@@ -152,9 +170,14 @@ def test_bad_init_from_is_one_line(case, data_dir, hf_gpt2, tmp_path, capsys):
         extra = ["--model", "tiny"]
     elif case == "seq-len":
         extra = ["--seq-len", "64"]  # the folder's n_positions is 32
+    elif case == "tokenizer":
+        source = tmp_path / "other-tokenizer"
+        shutil.copytree(hf_gpt2[0], source)
+        (source / "tokenizer.json").write_text(swapped_gpt2_tokenizer_json())
     else:
         source = tmp_path / "small-vocab"
         transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=32, n_embd=32, n_layer=1, n_head=2, vocab_size=1000)).save_pretrained(source)
+    capsys.readouterr()  # transformers' own output while writing the folder
     assert train_gpt2.main(finetune_args(data_dir, tmp_path / "log", source, *extra)) == 2
     err = one_error_line(capsys)
     expected = {
@@ -163,6 +186,7 @@ def test_bad_init_from_is_one_line(case, data_dir, hf_gpt2, tmp_path, capsys):
         "other model": f"--model tiny is not the architecture of --init-from {source} (2 layers, 64-dimensional",
         "seq-len": f"--seq-len 64 exceeds the block size 32 of the model of --init-from {source}",
         "vocabulary": f"--init-from {source} has a vocabulary of 1,000 tokens, but {data_dir} was tokenized with",
+        "tokenizer": f"--init-from {source} was trained with another tokenizer (bpe50257-",
     }[case]
     assert expected in err
     assert not (tmp_path / "log" / "metrics.jsonl").exists()

@@ -323,8 +323,8 @@ def test_non_finite_loss_stops_without_saving(data_dir, tmp_path, monkeypatch, c
     real_forward = train_gpt2.GPT.forward
     calls = {"n": 0}
 
-    def nan_after_a_while(self, idx, targets=None, cache=None):
-        logits, loss = real_forward(self, idx, targets, cache)
+    def nan_after_a_while(self, idx, targets=None, cache=None, **kwargs):
+        logits, loss = real_forward(self, idx, targets, cache, **kwargs)
         if targets is not None and self.training:
             calls["n"] += 1
             # The third step of the resumed run (2 micro-steps each), after the micro-step that checks,
