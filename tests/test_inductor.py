@@ -97,7 +97,7 @@ def test_compiled_bf16_run_learns_evaluates_and_saves(recipe):
     assert sorted(train) == list(range(1, 7))
     train_losses = [train[step]["train_loss"] for step in sorted(train)]
     assert all(math.isfinite(loss) for loss in train_losses)
-    # From about ln(50257) = 10.8 at initialisation; the tiny model at learning rate 3e-3 loses more
+    # From about ln(50257) = 10.8 at initialisation; the tiny model at the smoke preset's learning rate loses more
     # than 1 nat in 6 steps (a run whose bf16 gradients vanished or were not applied loses none).
     assert abs(train_losses[0] - math.log(50257)) < 0.5 and train_losses[-1] < train_losses[0] - 1.0
     evals = records_by_step(full, "eval")

@@ -178,8 +178,9 @@ def test_training_batch_divides_over_the_processes_it_names(script, args, torchr
         values += [torchrun[i + 1] for i, arg in enumerate(torchrun or []) if arg == option]
         world_size *= int(values[0]) if values else 1
     cfg = parse_config(args)
+    # A fine-tune's model is its source's (--init-from gpt2 and the like, here all model.py presets).
     try:
-        make_plan(cfg, world_size, GPTConfig.from_preset(cfg.model).block_size)
+        make_plan(cfg, world_size, GPTConfig.from_preset(cfg.model or cfg.init_from).block_size)
     except TrainError as error:
         pytest.fail(f"{line}: {error}")
 
