@@ -217,6 +217,7 @@ non_negative_int = int_range(0)
 seed_int = int_range(0, 2**32 - 1)  # numpy's and CUDA's seed range; torch's CPU generator takes more
 positive_float = _number_type(float, "a number above 0", lambda value: 0 < value < math.inf)
 non_negative_float = _number_type(float, "a number of at least 0", lambda value: 0 <= value < math.inf)
+probability = _number_type(float, "a number above 0 and at most 1", lambda value: 0 < value <= 1)
 fraction_below_one = _number_type(float, "a number in [0, 1)", lambda value: 0 <= value < 1)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from fineweb import seed_int
+from fineweb import non_negative_float, positive_int, probability, seed_int
 from model import GPT, PRESETS, GPTConfig, decode_completion, get_tokenizer, load_model, load_tokenizer
 from train_gpt2 import DTYPE_CHOICES, DTYPE_HELP, autocast_context, choose_dtype, dtype_name, resolve_device, synchronize
 
@@ -63,27 +62,6 @@ class GenerateConfig:
     compare_rounds: int = 5
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or a positive number, got {text}")
-    return value
-
-
-def _top_p(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     defaults = GenerateConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -98,15 +76,15 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
                          help="text to continue; repeat for several prompts; an empty one starts from <|endoftext|> "
                               f"(default: {DEFAULT_PROMPT!r})")
     prompts.add_argument("--prompt-file", help="continue this file's whole text")
-    parser.add_argument("--num-samples", type=_positive_int, default=defaults.num_samples,
+    parser.add_argument("--num-samples", type=positive_int, default=defaults.num_samples,
                         help="samples per prompt, generated as one batch")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=defaults.max_new_tokens,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
                         help="tokens to generate per sample, at most")
-    parser.add_argument("--temperature", type=_temperature, default=defaults.temperature,
+    parser.add_argument("--temperature", type=non_negative_float, default=defaults.temperature,
                         help="softmax temperature; 0 picks the most likely token (greedy)")
-    parser.add_argument("--top-k", type=_positive_int, default=defaults.top_k,
+    parser.add_argument("--top-k", type=positive_int, default=defaults.top_k,
                         help="sample among the K most likely tokens only (the vocabulary size or more: no limit)")
-    parser.add_argument("--top-p", type=_top_p, default=defaults.top_p,
+    parser.add_argument("--top-p", type=probability, default=defaults.top_p,
                         help="nucleus sampling: sample among the most likely tokens whose probabilities add up to P")
     parser.add_argument("--seed", type=seed_int, default=defaults.seed, help="seeds sampling, and --bench-preset's initialisation")
     parser.add_argument("-d", "--device", default=defaults.device, help="cpu, cuda, cuda:N or mps (default: the best available)")
@@ -128,11 +106,11 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
                         help="time greedy decoding of --bench-tokens new tokens with our KV cache and with transformers' "
                              "generate (its own cache) on the same weights, --compare-rounds rounds each, alternating, "
                              "and check that both give the same tokens (needs transformers)")
-    parser.add_argument("--compare-rounds", type=_positive_int, default=defaults.compare_rounds,
+    parser.add_argument("--compare-rounds", type=positive_int, default=defaults.compare_rounds,
                         help="with --compare: timed rounds of each, after one untimed warm-up each")
     parser.add_argument("--bench-preset", choices=list(PRESETS), default=defaults.bench_preset,
                         help="with --bench or --compare: a randomly initialised model of this size instead of --model (runs offline)")
-    parser.add_argument("--bench-tokens", type=_positive_int, default=defaults.bench_tokens,
+    parser.add_argument("--bench-tokens", type=positive_int, default=defaults.bench_tokens,
                         help="with --bench or --compare: new tokens to time")
     args = parser.parse_args(argv)
     if args.bench and args.compare:

@@ -50,7 +50,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from fineweb import write_atomic
+from fineweb import positive_int, write_atomic
 from model import GPT, get_tokenizer, load_model, load_tokenizer
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -537,13 +537,6 @@ class HellaSwagConfig:
     out: str | None = None  # JSON file with acc, acc_norm, n and every example's predictions
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
     from train_gpt2 import DTYPE_CHOICES  # imported here: train_gpt2 imports this module at its top
 
@@ -559,8 +552,8 @@ def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
     parser.add_argument("--data", default=defaults.data,
                         help="a HellaSwag .jsonl file (default: the official validation set, downloaded once into --cache-dir)")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help=f"where the download is kept (default: {DEFAULT_CACHE_DIR})")
-    parser.add_argument("--limit", type=_positive_int, default=defaults.limit, help="score only the first N examples")
-    parser.add_argument("--batch-tokens", type=_positive_int, default=defaults.batch_tokens,
+    parser.add_argument("--limit", type=positive_int, default=defaults.limit, help="score only the first N examples")
+    parser.add_argument("--batch-tokens", type=positive_int, default=defaults.batch_tokens,
                         help=f"padded tokens per forward pass, 4 rows per example (default: {GPU_BATCH_TOKENS} on CUDA, "
                              f"{CPU_BATCH_TOKENS} on CPU and MPS; memory grows with it, the weights aside)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=defaults.compile,
@@ -573,7 +566,7 @@ def parse_args(argv: list[str] | None = None) -> HellaSwagConfig:
                         help="time this scoring against a plain one (one example per forward pass, logits over the whole "
                              "vocabulary, as build-nanogpt scores) on the same model and examples, in alternating rounds, "
                              "and check that both pick the same endings")
-    parser.add_argument("--compare-rounds", type=_positive_int, default=defaults.compare_rounds,
+    parser.add_argument("--compare-rounds", type=positive_int, default=defaults.compare_rounds,
                         help=f"with --compare, timed rounds of both scorings (default: {defaults.compare_rounds}; the medians are compared)")
     parser.add_argument("--out", default=defaults.out, help="write acc, acc_norm, n and every example's predictions to this JSON file")
     config = HellaSwagConfig(**vars(parser.parse_args(argv)))

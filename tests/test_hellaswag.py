@@ -408,7 +408,7 @@ def test_missing_data_file_and_bad_flags(tmp_path, checkpoint, capsys):
         with pytest.raises(SystemExit) as excinfo:
             hellaswag.parse_args([flag, "0"])
         assert excinfo.value.code == 2
-        assert f"error: argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
+        assert f"error: argument {flag}: must be an integer of at least 1, not 0" in capsys.readouterr().err
 
 
 def test_download_once_to_a_temporary_name(tmp_path, monkeypatch):

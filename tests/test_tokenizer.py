@@ -238,7 +238,10 @@ def test_fineweb_shards_with_a_trained_tokenizer(bpe, tmp_path, capsys):
 def train_args(data, log_dir, *extra):
     return ["--preset", "smoke", "--model", "tiny-2.5", "--data", str(data), "--log-dir", str(log_dir), "--device", "cpu",
             "--micro-batch", "4", "--seq-len", "32", "--total-batch", "256", "--max-steps", "6", "--warmup-steps", "2",
-            "--eval-every", "6", "--save-every", "6", "--val-steps", "2", "--no-hellaswag", "--sample-tokens", "4", *extra]
+            "--eval-every", "6", "--save-every", "6", "--val-steps", "2", "--no-hellaswag", "--sample-tokens", "4",
+            # A learning rate high enough for the loss to fall visibly in 6 steps (the smoke preset's is
+            # lower, for 100 steps without a spike).
+            "--max-lr", "3e-3", "--min-lr", "3e-4", *extra]
 
 
 def make_shards(out, tokenizer, max_tokens=40000):
