@@ -13,7 +13,9 @@ compilation, are excluded, and every timing is synchronised with the device. --d
 rows with a data source that spends N ms of host time per micro-batch: gathered before each
 micro-step, and prefetched while the GPU computes (train_gpt2.DeviceBatches, as training does).
 --dtype takes train_gpt2.py's choices and its auto rule (bf16 on GPUs from compute capability 8.0,
-fp16 with loss scaling before, fp32 on CPU).
+fp16 with loss scaling before, fp32 on CPU). --optimizer takes train_gpt2.py's (adamw, or muon with
+its defaults); the "optimizer ms" column is the optimizer step's own time (unscaling, the update),
+timed between two synchronisations, and its share of the step.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from fineweb import non_negative_int, positive_float, positive_int
 from model import GPT, GPTConfig
 from model import PRESETS as MODEL_PRESETS
 from train_gpt2 import PRESETS as TRAIN_PRESETS
+from train_gpt2 import FLAG_CHOICES as TRAIN_FLAG_CHOICES
 from train_gpt2 import (AUTO_MICRO_BATCH_LARGEST, DTYPE_CHOICES, DTYPE_HELP, DeviceBatches, TrainConfig, autocast_context,
-                        choose_dtype, device_name, dtype_name, make_grad_scaler, peak_flops, resolve_device, synchronize)
+                        build_optimizer, choose_dtype, device_name, dtype_name, make_grad_scaler, peak_flops, resolve_device,
+                        synchronize)
 
 
 @dataclass(frozen=True)
@@ -92,22 +96,26 @@ class BenchConfig:
     ladder: bool = False
     larger_batch: int | None = None  # with --ladder, one more rung at this micro-batch
     dtype: str = "auto"
+    optimizer: str = "adamw"  # train_gpt2.py's --optimizer, with its default settings
     data_ms: float | None = None  # host time of a simulated data source per micro-batch
     json_out: str | None = None
 
 
 def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
-    """Time `cfg.steps` training steps (forward, backward, AdamW) after the warm-up steps."""
+    """Time `cfg.steps` training steps (forward, backward, optimizer) after the warm-up steps, and
+    the optimizer step within them."""
     cuda = device.type == "cuda"
     micro_batch = rung.micro_batch or cfg.micro_batch
     torch.backends.cuda.matmul.allow_tf32 = rung.tf32
     torch.backends.cudnn.allow_tf32 = rung.tf32
     model_config = GPTConfig.from_preset(cfg.model, pad_vocab_multiple=64 if rung.pad_vocab else 1)
     raw_model = GPT(model_config, seed=0).to(device)
-    optimizer = raw_model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 1e-8, device.type)
+    # The gpt2 recipe's AdamW settings (and Muon's defaults), as train_gpt2.py builds them.
+    optimizer = build_optimizer(replace(TrainConfig(), optimizer=cfg.optimizer), raw_model, device)
     if not (rung.fused_adamw and cuda):
         for group in optimizer.param_groups:
-            group["fused"] = False
+            if "fused" in group:  # AdamW's groups; Muon has no fused kernel
+                group["fused"] = False
     model = torch.compile(raw_model, mode=rung.compile_mode) if rung.compile else raw_model
     tokens = torch.randint(0, model_config.vocab_size, (micro_batch, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
     x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
@@ -129,23 +137,31 @@ def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
         scaler.scale(loss).backward()
         if rung.data == "prefetch":
             batches.prefetch()
+        synchronize(device)
+        t_optimizer = time.perf_counter()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
         scaler.step(optimizer)
         scaler.update()
+        synchronize(device)
+        optimizer_s.append(time.perf_counter() - t_optimizer)
         optimizer.zero_grad(set_to_none=True)
         loss.item()  # training reads the loss every step, for its log
+
+    optimizer_s = []
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(cfg.warmup_steps):
         step()
     synchronize(device)
+    optimizer_s.clear()
     t0 = time.perf_counter()
     for _ in range(cfg.steps):
         step()
     synchronize(device)
     step_s = (time.perf_counter() - t0) / cfg.steps
+    optimizer_step_s = sum(optimizer_s) / cfg.steps
     tokens_per_s = micro_batch * cfg.seq_len / step_s
     peak = peak_flops(device)
     result = {
@@ -153,6 +169,8 @@ def measure(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
         "micro_batch": micro_batch,
         "dtype": dtype_name(dtype),
         "step_ms": step_s * 1000,
+        "optimizer_ms": optimizer_step_s * 1000,
+        "optimizer_share": optimizer_step_s / step_s,
         "tokens_per_s": tokens_per_s,
         "mfu": raw_model.flops_per_token(cfg.seq_len) * tokens_per_s / peak if peak else None,
         "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
@@ -179,7 +197,9 @@ def slow_source(tokens: torch.Tensor, data_ms: float):
 def format_row(r: dict) -> str:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
     memory = f"{r['reserved_gib']:.1f} GiB reserved" if r["reserved_gib"] is not None else f"{r['peak_rss_gib']:.2f} GiB peak RSS"
-    return f"| {r['rung']:<28} | {r['micro_batch']:>5} | {r['tokens_per_s']:>12,.0f} | {r['step_ms']:>9.1f} | {mfu:>6} | {memory} |"
+    optimizer = f"{r['optimizer_ms']:.1f} ({r['optimizer_share']:.0%})" if r.get("optimizer_ms") is not None else "n/a"
+    return (f"| {r['rung']:<28} | {r['micro_batch']:>5} | {r['tokens_per_s']:>12,.0f} | {r['step_ms']:>9.1f} | {optimizer:>14} "
+            f"| {mfu:>6} | {memory} |")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ladder", action=argparse.BooleanOptionalAction, default=False, help="measure each optimisation on top of the previous (CUDA)")
     parser.add_argument("--larger-batch", type=positive_int, help="with --ladder: a last rung at this micro-batch")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=BenchConfig.dtype, help=DTYPE_HELP)
+    parser.add_argument("--optimizer", choices=TRAIN_FLAG_CHOICES["optimizer"], default=BenchConfig.optimizer,
+                        help="train_gpt2.py's optimizer, with its default settings: adamw, or muon (Muon on the blocks' matrices)")
     parser.add_argument("--data-ms", type=positive_float, help="also time the step with a data source taking this many "
                         "ms of host time per micro-batch, gathered in turn and prefetched as training does")
     parser.add_argument("--json-out", help="also write the results to this JSON file")
@@ -211,8 +233,8 @@ def main(argv=None) -> int:
     print(f"device: {device_name(device)} | torch {torch.__version__} | autocast dtype: {dtype_name(choose_dtype(cfg.dtype, device))} "
           f"| peak bf16 FLOP/s assumed: {peak or 'unknown (no MFU)'}")
     print(f"config: {json.dumps(asdict(cfg))}")
-    print(f"| {'configuration':<28} | batch | {'tokens/s':>12} | {'step ms':>9} | {'MFU':>6} | memory |")
-    print(f"|{'-' * 30}|-------|{'-' * 14}|{'-' * 11}|{'-' * 8}|--------|")
+    print(f"| {'configuration':<28} | batch | {'tokens/s':>12} | {'step ms':>9} | {'optimizer ms':>14} | {'MFU':>6} | memory |")
+    print(f"|{'-' * 30}|-------|{'-' * 14}|{'-' * 11}|{'-' * 16}|{'-' * 8}|--------|")
     if cfg.ladder:
         base, plan = BASELINE, [(BASELINE.name, {})] + LADDER_STEPS
         if cfg.larger_batch:

@@ -584,10 +584,12 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas, eps: float, device_type: str):
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas, eps: float, device_type: str,
+                             params=None):
         """AdamW with weight decay on matrices and embeddings only (2+ dimensions), not on biases
-        and norm gains; the fused CUDA kernel where the device supports it."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        and norm gains; the fused CUDA kernel where the device supports it. `params`: only these of
+        the model's parameters (those another optimizer does not update), default all of them."""
+        params = [p for p in (self.parameters() if params is None else params) if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

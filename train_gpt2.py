@@ -9,6 +9,7 @@
     python train_gpt2.py --convert-checkpoint log/gpt2-124m/ckpt_019073.dcp   # -> ckpt_019073.pt
     python fineweb.py --dataset pystdlib --max-tokens 2000000 && python train_gpt2.py --preset smoke
     python train_gpt2.py --preset gpt2.5                          # GPT-2.5: RMSNorm, SwiGLU, RoPE, no biases
+    python train_gpt2.py --optimizer muon                         # Muon on the blocks' matrices, AdamW on the rest
 
 The model's vocabulary is the data's: shards made with a tokenizer.json (train_tokenizer.py, then
 fineweb.py --tokenizer) give a model of that many tokens, and checkpoints carry the tokenizer.
@@ -259,6 +260,18 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # "muon": Muon on the transformer blocks' matrices, AdamW on the rest (build_optimizer)
+    # Muon's defaults are modded-nanogpt's (Jordan et al. 2024): lr 0.05, momentum 0.95 with Nesterov,
+    # and torch.optim.Muon's "original" shape scaling, sqrt(max(1, rows/cols)), which that lr was tuned
+    # with. Liu et al. 2025 ("Muon is Scalable for LLM Training", arXiv:2502.16982) scale by
+    # 0.2 * sqrt(max(rows, cols)) instead ("match_rms_adamw"), which matches AdamW's update RMS so that
+    # AdamW's lr and weight decay 0.1 carry over: --muon-adjust-lr match_rms_adamw --muon-lr 6e-4
+    # --muon-weight-decay 0.1. Weight decay 0 is modded-nanogpt's; torch.optim.Muon multiplies it by
+    # the lr (as AdamW does), so 0.1 at lr 0.05 would shrink the matrices 100x harder than AdamW's.
+    muon_lr: float = 0.05
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    muon_adjust_lr: str = "original"
     pad_vocab: bool = True  # pad the embedding to a multiple of 64 rows (GPT-2's 50257 -> 50304), for faster matmuls
     seed: int = 1337
     eval_every: int = 250
@@ -363,6 +376,13 @@ FLAG_HELP = {
     "eps": "AdamW epsilon",
     "weight_decay": "AdamW weight decay, applied to matrices and embeddings only",
     "grad_clip": "clip the global gradient norm to this value (0 disables)",
+    "optimizer": "adamw, or muon: Muon on every matrix inside the transformer blocks (attention and MLP), AdamW "
+                 "(--max-lr, --weight-decay) on the embeddings, the tied output layer, gains and biases",
+    "muon_lr": "Muon's peak learning rate (--optimizer muon); warm-up and cosine decay scale it as they scale --max-lr",
+    "muon_momentum": "Muon's (Nesterov) momentum",
+    "muon_weight_decay": "Muon's decoupled weight decay, multiplied by its learning rate as AdamW's is",
+    "muon_adjust_lr": "Muon's per-matrix scaling of its learning rate: original (sqrt(max(1, rows/cols)), Jordan et al.) "
+                      "or match_rms_adamw (0.2 sqrt(max(rows, cols)), Liu et al.: AdamW's lr and weight decay carry over)",
     "pad_vocab": "pad the embedding table to a multiple of 64 rows (never sampled or scored)",
     "seed": "seed for initialisation, data order and samples",
     "eval_every": "evaluate validation loss, HellaSwag and samples every N steps (and at the end)",
@@ -418,6 +438,9 @@ FLAG_TYPES = {
     "eps": positive_float,
     "weight_decay": non_negative_float,
     "grad_clip": non_negative_float,  # 0 disables clipping
+    "muon_lr": positive_float,
+    "muon_momentum": fraction_below_one,
+    "muon_weight_decay": non_negative_float,
     "seed": seed_int,
     "eval_every": positive_int,
     "val_steps": positive_int,
@@ -428,7 +451,8 @@ FLAG_TYPES = {
     "keep_last": positive_int,
     "log_every": positive_int,
 }
-FLAG_CHOICES = {"model": tuple(MODEL_PRESETS), "dtype": DTYPE_CHOICES}
+FLAG_CHOICES = {"model": tuple(MODEL_PRESETS), "dtype": DTYPE_CHOICES, "optimizer": ("adamw", "muon"),
+                "muon_adjust_lr": ("original", "match_rms_adamw")}
 
 # A SageMaker training job names its folders in the environment: the "train" input channel (the
 # shards, uploaded from S3) and the folder uploaded back to S3 when the job ends. They replace the
@@ -465,6 +489,9 @@ def config_from_args(args: dict) -> TrainConfig:
     if values["min_lr"] > values["max_lr"]:
         raise TrainError(f"--min-lr {values['min_lr']} is above --max-lr {values['max_lr']}: the learning rate decays "
                          "from --max-lr down to --min-lr; lower --min-lr or raise --max-lr")
+    if values["optimizer"] == "muon" and values["fsdp"]:
+        raise TrainError("--optimizer muon does not work with --fsdp yet (Muon orthogonalises each whole matrix, and "
+                         "FSDP leaves each rank a shard of it): drop --fsdp, or use --optimizer adamw")
     return TrainConfig(**values)
 
 
@@ -530,6 +557,72 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     decay_ratio = (step - cfg.warmup_steps) / (cfg.max_steps - 1 - cfg.warmup_steps)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
     return cfg.min_lr + coeff * (cfg.max_lr - cfg.min_lr)
+
+
+# -----------------------------------------------------------------------------
+# Optimizers. --optimizer muon: Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/)
+# replaces each hidden matrix's momentum by the nearest (semi-)orthogonal matrix, computed with a few
+# Newton-Schulz iterations, so that an update moves every direction of the matrix alike instead of
+# the few that dominate the gradient. It is made for the matrices between hidden layers; embeddings,
+# the output layer and 1-D parameters stay with AdamW (Jordan et al.; torch.optim.Muon's docs).
+
+
+def muon_parameters(model: GPT) -> list[torch.nn.Parameter]:
+    """The parameters Muon updates: every matrix inside the transformer blocks (attention's c_attn and
+    c_proj, the MLP's c_fc and c_proj), never the embeddings, the output layer tied to wte, nor the
+    norms' gains and biases.
+
+    c_attn holds q, k and v as one (3C, C) matrix, and Muon orthogonalises it as one. modded-nanogpt
+    keeps them as three matrices, each orthogonalised on its own; here that would take a Muon that
+    orthogonalises slices of one parameter, which torch.optim.Muon does not. As one matrix, q, k and v
+    share the update's singular directions, which changes the update, not what the parameter is; the
+    same holds for SwiGLU's fused gate and up projections in c_fc (gpt2.5)."""
+    return [p for name, p in model.named_parameters() if name.startswith("transformer.h.") and p.dim() == 2]
+
+
+class MuonWithAdamW:
+    """Muon and AdamW stepped as one optimizer, so that the loop, the GradScaler and the checkpoint
+    treat them as they treat AdamW alone: param_groups lists Muon's groups, then AdamW's (the scaler
+    unscales and checks them all, and under fp16 skips both steps when a gradient overflowed), and
+    state_dict holds both optimizers' states."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        self.muon.step()
+        self.adamw.step()
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def build_optimizer(cfg: TrainConfig, model: GPT, device: torch.device):
+    """--optimizer's optimizer over the model's parameters, each group's lr at its peak (--max-lr, or
+    --muon-lr for Muon's): the loop scales every group by get_lr(step) / --max-lr. adamw: AdamW on
+    everything (model.configure_optimizers). muon: Muon on muon_parameters, AdamW on the rest."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adamw":
+        return model.configure_optimizers(cfg.weight_decay, cfg.max_lr, betas, cfg.eps, device.type)
+    matrices = muon_parameters(model)
+    in_muon = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in in_muon]
+    muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay, momentum=cfg.muon_momentum,
+                            nesterov=True, adjust_lr_fn=cfg.muon_adjust_lr)
+    adamw = model.configure_optimizers(cfg.weight_decay, cfg.max_lr, betas, cfg.eps, device.type, params=rest)
+    return MuonWithAdamW(muon, adamw)
 
 
 # -----------------------------------------------------------------------------
@@ -1011,8 +1104,9 @@ def convert_checkpoint(folder: Path, out: Path | None = None) -> Path:
         raise TrainError(f"--out {out} already exists; remove it or pass another --out")
     checkpoint = load_checkpoint(folder)
     model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
-    run = checkpoint["config"]
-    optimizer = model.configure_optimizers(run["weight_decay"], run["max_lr"], (run["beta1"], run["beta2"]), run["eps"], "cpu")
+    run = checkpoint["config"]  # a checkpoint's config may predate fields added since: those take their defaults
+    optimizer = build_optimizer(TrainConfig(**{f.name: run[f.name] for f in fields(TrainConfig) if f.name in run}), model,
+                                torch.device("cpu"))
     load_sharded_state(folder, model, optimizer)
     save_checkpoint(out, {**checkpoint, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
     return out
@@ -1172,7 +1266,8 @@ def memory_text(device: torch.device) -> str:
     """'this 24 GB GPU', for the messages about fitting."""
     if device.type != "cuda":
         return f"this {device.type}"
-    return f"this {torch.cuda.get_device_properties(device).total_memory / 1e9:.0f} GB GPU"
+    # In GiB, which is what a card's "24 GB" means (24,564 MiB on an RTX 4090).
+    return f"this {torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GB GPU"
 
 
 def choose_micro_batch(model, cfg: TrainConfig, dist_info: Distributed, device: torch.device, dtype: torch.dtype,
@@ -1473,11 +1568,18 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
             raise TrainError(f"{resume_path} was trained with another tokenizer than {cfg.data}'s ({enc.name}): "
                              "resume on the data it was trained on")
 
+    if checkpoint and checkpoint["config"].get("optimizer", "adamw") != cfg.optimizer:
+        trained_with = checkpoint["config"].get("optimizer", "adamw")
+        raise TrainError(f"{resume_path} was trained with --optimizer {trained_with}, whose state this run cannot "
+                         f"continue: resume with --optimizer {trained_with}")
     if cfg.fsdp and cfg.micro_batch == "auto":
         raise TrainError("--micro-batch auto does not work with --fsdp yet (a rank running out of memory in a try would "
                          "leave the others waiting for it): pass --micro-batch N")
+    # The data is checked now, not after the first compile: the shards, and that they hold a batch
+    # of a given micro-batch (auto's choice is checked when it is made).
     for split in ("train", "val"):
-        list_shards(cfg.data, split)  # a wrong --data fails now, not after the first compile
+        DataLoader(cfg.data, split, 1 if cfg.micro_batch == "auto" else cfg.micro_batch, cfg.seq_len, dist_info.rank,
+                   dist_info.world_size, cfg.seed, shuffle=False)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the matmuls that autocast leaves in fp32
     dtype = choose_dtype(cfg.dtype, device)
@@ -1497,7 +1599,8 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         reserve_bytes = 4 * sum(p.numel() for p in raw_model.parameters()) * (2 + dist_info.enabled)
         micro_batch = choose_micro_batch(model, cfg, dist_info, device, dtype, reserve_bytes, use_compile)
         plan = make_plan(cfg, dist_info.world_size, model_config.block_size, micro_batch)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.max_lr, (cfg.beta1, cfg.beta2), cfg.eps, device.type)
+    optimizer = build_optimizer(cfg, raw_model, device)
+    peak_lrs = [group["lr"] for group in optimizer.param_groups]  # --max-lr's, and --muon-lr's for Muon's groups
     scaler = make_grad_scaler(dtype, device, sharded=cfg.fsdp)
     train_loader = DataLoader(cfg.data, "train", plan.micro_batch, cfg.seq_len, dist_info.rank, dist_info.world_size, cfg.seed, shuffle=True)
     # Validation reads the same windows for the whole run, also after a resume that fits another micro-batch.
@@ -1640,8 +1743,8 @@ def _train(cfg: TrainConfig, dist_info: Distributed, device: torch.device, stop_
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP, replicated on every rank
             grad_norm = grad_norm.full_tensor()
         lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
+            group["lr"] = peak_lr * lr / cfg.max_lr  # warm-up and decay scale each group's own peak alike
         scaler.step(optimizer)  # under fp16, skipped when a gradient overflowed
         scaler.update()
         # Read only now, so the GPU never waits for the host between the backward pass and the update.

@@ -270,3 +270,12 @@ def test_header_and_console_say_what_was_chosen(data_dir, tmp_path, capsys):  # 
     header = headers(tmp_path / "log")[0]
     assert (header["dtype"], header["compile"], header["micro_batch"]) == ("fp32", False, 4)
     json.dumps(header)  # the header stays plain JSON
+
+
+def test_memory_is_named_as_the_card_is_sold(monkeypatch):
+    """An RTX 4090's 24,564 MiB is its '24 GB', as the fitting messages should say."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=24_564 * 2**20))
+    assert train_gpt2.memory_text(torch.device("cuda")) == "this 24 GB GPU"
+    assert train_gpt2.memory_text(torch.device("cpu")) == "this cpu"

@@ -26,6 +26,8 @@ REQUIRED = {"train_tokenizer": ["--vocab-size", "300"], "upload_hf": ["--repo-id
 # The numeric flags for which 0 is a meaningful value. Each is checked to accept 0 (so an entry
 # cannot hide a flag); every other numeric flag must refuse it.
 ZERO_ALLOWED = {
+    ("train_gpt2", "--muon-momentum"): "Muon takes any momentum in [0, 1); 0 keeps no running average",
+    ("train_gpt2", "--muon-weight-decay"): "0 turns Muon's weight decay off (modded-nanogpt's setting)",
     ("train_gpt2", "--min-lr"): "the cosine decay may end at a learning rate of 0",
     ("train_gpt2", "--beta1"): "AdamW takes any beta in [0, 1); 0 keeps no running average",
     ("train_gpt2", "--beta2"): "AdamW takes any beta in [0, 1); 0 keeps no running average",
