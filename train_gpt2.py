@@ -513,7 +513,7 @@ class Plan:
 AUTO_MICRO_BATCH_LARGEST = {"cuda": 64, "cpu": 8, "mps": 8}
 
 
-def micro_batch_candidates(cfg: TrainConfig, world_size: int, largest: int = 64) -> list[int]:
+def micro_batch_candidates(cfg: TrainConfig, world_size: int, largest: int = AUTO_MICRO_BATCH_LARGEST["cuda"]) -> list[int]:
     """--micro-batch auto's sizes, largest first: those up to `largest` that divide each rank's share of the batch."""
     per_rank, rest = divmod(cfg.total_batch, cfg.seq_len * world_size)
     if rest or not per_rank:
