@@ -581,6 +581,7 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
     from train_gpt2 import autocast_context, choose_dtype, cleanup_distributed, dtype_name, setup_distributed
 
     dist_info, device = setup_distributed(config.device)
+    finished = False
     try:
         if dist_info.is_master:
             print(f"hellaswag config: {json.dumps(asdict(config))}")
@@ -657,9 +658,10 @@ def main(argv: list[str] | None = None) -> HellaSwagResult:
         elif dist_info.is_master:
             print(f"scored {result.n} examples in {elapsed_s:.1f} s ({result.n / elapsed_s:.1f} examples/s)")
             print(f"hellaswag acc={result.acc:.4f} acc_norm={result.acc_norm:.4f} n={result.n}")
+        finished = True
         return result
     finally:
-        cleanup_distributed()
+        cleanup_distributed(finished)
 
 
 def _write_json(path: Path, obj: dict):

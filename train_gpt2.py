@@ -158,8 +158,15 @@ def setup_distributed(device_name: str | None = None) -> tuple[Distributed, torc
     return dist_info, device
 
 
-def cleanup_distributed():
+def cleanup_distributed(finished: bool):
+    """Leave the process group. A rank that finished waits first for the others to finish too: a
+    gloo rank that tore its connections down while another was still in its last collective was
+    seen to abort (SIGABRT, "terminate called without an active exception") at the end of a
+    hellaswag.py run that had succeeded. After an error there is no barrier: the other ranks may
+    never reach it (torchrun stops them when this one exits)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -1474,12 +1481,15 @@ def train(cfg: TrainConfig) -> dict:
         check_tensorboard_installed()  # before anything slow, on every rank alike
     check_restartable_launch()
     dist_info, device = setup_distributed(cfg.device)
+    finished = False
     try:
         # `closing` holds what must be closed however the run ends (the TensorBoard writer).
         with StopSignals(announce=dist_info.is_master) as stop_signals, contextlib.ExitStack() as closing:
-            return _train(cfg, dist_info, device, stop_signals, closing)
+            result = _train(cfg, dist_info, device, stop_signals, closing)
+        finished = True
+        return result
     finally:
-        cleanup_distributed()
+        cleanup_distributed(finished)
 
 
 def check_restartable_launch():
