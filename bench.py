@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fineweb import non_negative_int, positive_float, positive_int
+from fineweb import non_negative_int, one_line, positive_float, positive_int
 from model import GPT, GPTConfig
 from model import PRESETS as MODEL_PRESETS
 from train_gpt2 import PRESETS as TRAIN_PRESETS
@@ -270,8 +270,7 @@ def run_rung(cfg: BenchConfig, rung: Rung, device: torch.device) -> dict:
     try:
         return {**measure(cfg, rung, device), "settings": asdict(rung)}
     except Exception as e:  # any failure belongs in the table, not in a traceback
-        first_line = (str(e).strip().splitlines() or [""])[0][:150]
-        error = "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {first_line}"
+        error = "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {one_line(e, 150)}"
     # Here, outside the except block, the failed rung's model and activations are no longer referenced.
     gc.collect()
     if device.type == "cuda":

@@ -226,9 +226,11 @@ fraction_below_one = _number_type(float, "a number in [0, 1)", lambda value: 0 <
 # stands (position()) and start from there, so that resuming does not read the corpus again
 
 
-def one_line(error: BaseException) -> str:
-    """A library's error message, which may span lines, as one line."""
-    return " ".join(str(error).split())
+def one_line(error: BaseException, limit: int | None = None) -> str:
+    """A library's error message, which may span lines, as one line (cut to limit characters, with
+    "...", where the whole would drown the line it stands in: a compiler's error can run to pages)."""
+    text = " ".join(str(error).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _decode(data: bytes) -> tuple[str, int]:

@@ -1254,8 +1254,7 @@ def fit_micro_batch(model, cfg: TrainConfig, candidates: list[int], device: torc
             from torch._inductor.exc import InductorError
 
             if use_compile and isinstance(e, (TorchDynamoException, InductorError)):
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise TrainError(f"torch.compile failed at the first step ({type(e).__name__}: {first_line[:300]}); "
+                raise TrainError(f"torch.compile failed at the first step ({type(e).__name__}: {one_line(e, 300)}); "
                                  "run again with --no-compile") from None
             raise
         if fits:

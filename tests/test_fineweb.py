@@ -641,6 +641,15 @@ def test_from_hub_overwrite_keeps_the_old_shards_until_the_new_ones_are_checked(
     assert len(list_shards(out, "train")) == 2
 
 
+def test_one_line_joins_an_error_and_cuts_it_to_a_limit():
+    error = RuntimeError("first line\n  second   line\n" + "x" * 500)
+    assert fineweb.one_line(error).startswith("first line second line xxx")
+    assert len(fineweb.one_line(error)) == len("first line second line ") + 500
+    cut = fineweb.one_line(error, 40)
+    assert len(cut) == 40 and cut.startswith("first line second line x") and cut.endswith("...")
+    assert fineweb.one_line(RuntimeError("short"), 40) == "short"
+
+
 def test_from_hub_errors_are_one_line_and_name_the_repo(tmp_path, monkeypatch, capsys):
     request = httpx.Request("GET", "https://huggingface.co/api/datasets/someone/typo")
     for error, expected in (
